@@ -1,0 +1,128 @@
+"""Retrieval evaluation at validation time: encode the corpus, exact top-k search, trec_eval metrics.
+
+Logs ``val/ndcg@10``, ``val/recall@10``, ``val/recall@100``, ``val/mrr@10`` (usable as the checkpoint
+monitor) and writes ``<run>/eval/step_<N>.json`` (metrics and per-query scores) plus a TREC run file.
+The score before training is cached per (model, pooling, max length, data, split) so it is computed once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from callbacks.metrics import evaluate_run
+from callbacks.search import exact_top_k
+from lightning_modules.models.cache import cache_root, write_json_atomically
+
+
+class RetrievalEvaluation(L.Callback):
+    def __init__(self, top_k: int = 100, cache_untrained: bool = True, use_faiss: bool = False, show_progress: bool = True):
+        self.top_k = top_k
+        self.cache_untrained = cache_untrained
+        self.use_faiss = use_faiss
+        self.show_progress = show_progress
+        self.history: list[dict[str, Any]] = []
+
+    @property
+    def last(self) -> dict[str, Any] | None:
+        return self.history[-1] if self.history else None
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        step = trainer.global_step
+        record = self._cached_untrained(trainer, pl_module) if step == 0 else None
+        if record is None:
+            record = self.evaluate(trainer, pl_module)
+            if step == 0:
+                self._store_untrained(trainer, pl_module, record)
+        record = {**record, "step": step}
+        self.history.append(record)
+        for name, value in record["metrics"].items():
+            pl_module.log(f"val/{name}", value, sync_dist=False, rank_zero_only=False)
+        if trainer.is_global_zero:
+            self._write(trainer, record)
+            summary = ", ".join(f"{k} {v:.4f}" for k, v in record["metrics"].items())
+            rank_zero_info(f"[eval step {step}{' cached' if record.get('cached') else ''}] {summary}")
+
+    @torch.no_grad()
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        datamodule = trainer.datamodule
+        corpus = datamodule.load_corpus()
+        queries = datamodule.eval_queries()
+        qrels = {q.query_id: corpus.qrels[datamodule.eval_split][q.query_id] for q in queries}
+        doc_ids = corpus.doc_ids
+        start = time.perf_counter()
+        if hasattr(pl_module, "retrieve"):
+            scores, indices = pl_module.retrieve([q.text for q in queries], [corpus.corpus[d] for d in doc_ids], self.top_k)
+        else:
+            documents = pl_module.encode_documents([corpus.corpus[d].as_text() for d in doc_ids], show_progress=self.show_progress)
+            query_embeddings = pl_module.encode_queries([q.text for q in queries], show_progress=self.show_progress)
+            scores, indices = exact_top_k(query_embeddings, documents, self.top_k, use_faiss=self.use_faiss)
+        seconds = time.perf_counter() - start
+        run = {
+            q.query_id: {doc_ids[int(i)]: float(s) for s, i in zip(scores[row], indices[row])}
+            for row, q in enumerate(queries)
+        }
+        metrics, per_query = evaluate_run(run, qrels)
+        return {"metrics": metrics, "per_query": per_query, "run": run, "seconds": seconds,
+                "num_queries": len(queries), "num_documents": len(doc_ids), "split": datamodule.eval_split}
+
+    # ---- untrained-score cache ---------------------------------------------------------------------------
+    def _cache_key(self, trainer: L.Trainer, pl_module: L.LightningModule) -> str | None:
+        key = pl_module.untrained_score_key() if hasattr(pl_module, "untrained_score_key") else None
+        if not self.cache_untrained or key is None:
+            return None
+        dm = trainer.datamodule
+        corpus = dm.load_corpus()
+        full = {"module": key, "data": dm.hub_name or str(dm.path), "split": dm.eval_split,
+                "queries": [q.query_id for q in dm.eval_queries()], "corpus": len(corpus.corpus), "top_k": self.top_k}
+        return hashlib.sha1(json.dumps(full, sort_keys=True, default=str).encode()).hexdigest()
+
+    @staticmethod
+    def _cache_file() -> Path:
+        return cache_root() / "untrained_scores.json"
+
+    def _cached_untrained(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any] | None:
+        key = self._cache_key(trainer, pl_module)
+        path = self._cache_file()
+        if key is None or not path.exists():
+            return None
+        try:
+            entry = json.loads(path.read_text()).get(key)
+        except json.JSONDecodeError:
+            return None  # a corrupt cache is recomputed, never used
+        if not entry or "metrics" not in entry:
+            return None
+        return {"metrics": entry["metrics"], "cached": True, "seconds": 0.0}
+
+    def _store_untrained(self, trainer: L.Trainer, pl_module: L.LightningModule, record: dict[str, Any]) -> None:
+        key = self._cache_key(trainer, pl_module)
+        if key is None or not trainer.is_global_zero:
+            return
+        path = self._cache_file()
+        try:
+            table = json.loads(path.read_text()) if path.exists() else {}
+        except json.JSONDecodeError:
+            table = {}
+        table[key] = {"metrics": record["metrics"], "model": pl_module.untrained_score_key()}
+        write_json_atomically(path, table)
+
+    def _write(self, trainer: L.Trainer, record: dict[str, Any]) -> None:
+        out = Path(trainer.default_root_dir) / "eval"
+        step = record["step"]
+        summary = {k: v for k, v in record.items() if k != "run"}
+        write_json_atomically(out / f"step_{step:06d}.json", summary)
+        if "run" in record:
+            lines = []
+            for qid, docs in record["run"].items():
+                for rank, (doc, score) in enumerate(sorted(docs.items(), key=lambda kv: (kv[1], kv[0]), reverse=True), 1):
+                    lines.append(f"{qid} Q0 {doc} {rank} {score:.6f} lsr")
+            (out / f"run_step_{step:06d}.trec").write_text("\n".join(lines) + "\n")

@@ -1,0 +1,135 @@
+"""Read a BEIR-layout retrieval data set from a local folder, or from the hub by name.
+
+Layout: ``corpus.jsonl`` (``_id``, ``title``, ``text``), ``queries.jsonl`` (``_id``, ``text``, optional
+``metadata.answers``), ``qrels/<split>.tsv`` (``query-id  corpus-id  score`` with a header line).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+from datamodules.errors import DataFormatError
+from datamodules.jsonl import read_jsonl, require_field
+from datamodules.records import Document, Query, RetrievalCorpus
+
+
+def load_corpus(path: str | Path) -> dict[str, Document]:
+    path = Path(path)
+    corpus: dict[str, Document] = {}
+    for line, obj in read_jsonl(path):
+        doc_id = str(require_field(obj, "_id", (str, int), path, line))
+        text = require_field(obj, "text", str, path, line)
+        title = obj.get("title", "") or ""
+        if not isinstance(title, str):
+            raise DataFormatError(path, f"expected str, got {type(title).__name__}", line, "title")
+        if doc_id in corpus:
+            raise DataFormatError(path, f"duplicate id '{doc_id}'", line, "_id")
+        corpus[doc_id] = Document(doc_id=doc_id, text=text, title=title)
+    if not corpus:
+        raise DataFormatError(path, "corpus is empty: a retrieval corpus needs at least one document")
+    return corpus
+
+
+def load_queries(path: str | Path) -> dict[str, Query]:
+    path = Path(path)
+    queries: dict[str, Query] = {}
+    for line, obj in read_jsonl(path):
+        qid = str(require_field(obj, "_id", (str, int), path, line))
+        text = require_field(obj, "text", str, path, line)
+        metadata = obj.get("metadata") or {}
+        if not isinstance(metadata, dict):
+            raise DataFormatError(path, f"expected object, got {type(metadata).__name__}", line, "metadata")
+        answers = metadata.get("answers", [])
+        if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+            raise DataFormatError(path, "expected a list of strings", line, "metadata.answers")
+        if qid in queries:
+            raise DataFormatError(path, f"duplicate id '{qid}'", line, "_id")
+        queries[qid] = Query(query_id=qid, text=text, answers=tuple(answers))
+    if not queries:
+        raise DataFormatError(path, "no queries: the file is empty")
+    return queries
+
+
+def load_qrels(path: str | Path, corpus: dict[str, Document], queries: dict[str, Query]) -> dict[str, dict[str, int]]:
+    """Read one qrels TSV, checking every id against the corpus and queries."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(path, "file not found")
+    qrels: dict[str, dict[str, int]] = {}
+    try:
+        with path.open(encoding="utf-8", newline="") as handle:
+            reader = csv.reader(handle, delimiter="\t")
+            for line, row in enumerate(reader, start=1):
+                if not row or (line == 1 and row[0].strip().lower() in {"query-id", "query_id", "qid"}):
+                    continue
+                if len(row) != 3:
+                    raise DataFormatError(path, f"expected 3 tab-separated columns (query-id, corpus-id, score), got {len(row)}", line)
+                qid, doc_id, score = (cell.strip() for cell in row)
+                if qid not in queries:
+                    raise DataFormatError(path, f"unknown query id '{qid}' (not in queries.jsonl)", line, "query-id")
+                if doc_id not in corpus:
+                    raise DataFormatError(path, f"unknown corpus id '{doc_id}' (not in corpus.jsonl)", line, "corpus-id")
+                try:
+                    relevance = int(float(score))
+                except ValueError:
+                    raise DataFormatError(path, f"expected a number, got '{score}'", line, "score") from None
+                qrels.setdefault(qid, {})[doc_id] = relevance
+    except UnicodeDecodeError as err:
+        raise DataFormatError(path, f"not valid UTF-8 ({err.reason})") from None
+    if not qrels:
+        raise DataFormatError(path, "no judgements in this qrels file")
+    return qrels
+
+
+def load_beir_folder(folder: str | Path, splits: list[str] | None = None) -> RetrievalCorpus:
+    """Load a BEIR-layout folder. ``splits=None`` loads every ``qrels/*.tsv``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataFormatError(folder, "data folder not found (expected corpus.jsonl, queries.jsonl, qrels/<split>.tsv)")
+    corpus = load_corpus(folder / "corpus.jsonl")
+    queries = load_queries(folder / "queries.jsonl")
+    qrels_dir = folder / "qrels"
+    if splits is None:
+        splits = sorted(p.stem for p in qrels_dir.glob("*.tsv"))
+        if not splits:
+            raise DataFormatError(qrels_dir, "no qrels/<split>.tsv files")
+    qrels = {split: load_qrels(qrels_dir / f"{split}.tsv", corpus, queries) for split in splits}
+    return RetrievalCorpus(corpus=corpus, queries=queries, qrels=qrels, name=folder.name)
+
+
+def load_beir_from_hub(name: str, splits: list[str], revision: str | None = None) -> RetrievalCorpus:
+    """Load a BEIR data set from the Hugging Face hub, e.g. ``BeIR/scifact`` (+ ``BeIR/scifact-qrels``).
+
+    Needs network access; offline, it raises a message saying how to point at a local copy.
+    """
+    import datasets
+
+    def _load(repo: str, config: str | None, split: str):
+        try:
+            return datasets.load_dataset(repo, config, split=split, revision=revision)
+        except Exception as err:  # datasets raises several types for an unreachable hub
+            offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
+            raise DataFormatError(
+                repo,
+                f"could not load '{repo}' ({config or 'default'}, split {split}) from the hub "
+                f"({'offline mode is set' if offline else type(err).__name__ + ': ' + str(err)[:200]}). "
+                "Without network access, download the BEIR folder elsewhere and point data.path at it "
+                "(a folder with corpus.jsonl, queries.jsonl, qrels/<split>.tsv).",
+            ) from err
+
+    corpus = {
+        str(row["_id"]): Document(doc_id=str(row["_id"]), text=row["text"], title=row.get("title") or "")
+        for row in _load(name, "corpus", "corpus")
+    }
+    queries = {str(row["_id"]): Query(query_id=str(row["_id"]), text=row["text"]) for row in _load(name, "queries", "queries")}
+    qrels: dict[str, dict[str, dict[str, int]]] = {}
+    for split in splits:
+        table: dict[str, dict[str, int]] = {}
+        for row in _load(f"{name}-qrels", None, split):
+            table.setdefault(str(row["query-id"]), {})[str(row["corpus-id"])] = int(row["score"])
+        qrels[split] = table
+    if not corpus:
+        raise DataFormatError(name, "corpus is empty")
+    return RetrievalCorpus(corpus=corpus, queries=queries, qrels=qrels, name=name.split("/")[-1])

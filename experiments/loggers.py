@@ -1,0 +1,44 @@
+"""Loggers: CSV always; W&B when configured, offline when there is no API key or network."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import CSVLogger, Logger
+
+
+def csv_logger(save_dir: str | Path) -> CSVLogger:
+    return CSVLogger(save_dir=str(save_dir), name="", version="")
+
+
+def wandb_logger(
+    save_dir: str | Path,
+    run_id: str,
+    project: str = "llm-supervised-retrievers",
+    entity: str | None = None,
+    name: str | None = None,
+    mode: str = "auto",
+    tags: list[str] | None = None,
+) -> Logger:
+    """A W&B logger whose run id is fixed by the run directory, so a requeued job continues the same run.
+
+    ``mode``: ``online``, ``offline``, or ``auto`` (online only with ``WANDB_API_KEY`` set and
+    ``WANDB_MODE`` not ``offline``). The key is read by wandb from the environment, never stored.
+    """
+    from lightning.pytorch.loggers import WandbLogger
+
+    if mode == "auto":
+        mode = "online" if os.environ.get("WANDB_API_KEY") and os.environ.get("WANDB_MODE") != "offline" else "offline"
+    return WandbLogger(
+        project=project, entity=entity, name=name or run_id, id=run_id, save_dir=str(save_dir),
+        offline=(mode == "offline"), resume="allow", tags=tags, log_model=False,
+    )
+
+
+def build_loggers(spec: dict[str, Any], run_dir: Path, run_id: str) -> list[Logger]:
+    loggers: list[Logger] = [csv_logger(run_dir)]
+    if spec.get("wandb"):
+        loggers.append(wandb_logger(run_dir, run_id, **spec["wandb"]))
+    return loggers

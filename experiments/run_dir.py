@@ -1,0 +1,70 @@
+"""Deterministic run directories: ``<root>/<experiment>/<hash of overrides>/<SLURM job id or "local">``.
+
+Never a timestamp: every DDP rank and every SLURM requeue computes the same directory, while runs with
+different overrides never share one. A run directory remembers its resolved config; resuming into it
+with a different config is refused with the list of differing keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+IGNORED_OVERRIDE_PREFIXES = ("exp=", "hydra.", "output_root=")
+
+
+class ConfigMismatchError(RuntimeError):
+    pass
+
+
+def overrides_hash(overrides: list[str]) -> str:
+    kept = sorted(o for o in overrides if not o.lstrip("+~").startswith(IGNORED_OVERRIDE_PREFIXES))
+    return hashlib.sha1("\n".join(kept).encode()).hexdigest()[:8]
+
+
+def job_id() -> str:
+    """The SLURM job id (array jobs: ``<array id>_<task id>``), the same across requeues; else ``local``."""
+    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ.get("SLURM_JOB_ID", "local")
+
+
+def run_directory(output_root: str | Path, experiment: str, overrides: list[str]) -> Path:
+    return Path(output_root) / experiment / overrides_hash(overrides) / job_id()
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out if tree else {prefix.rstrip("."): {}}
+    return {prefix.rstrip("."): tree}
+
+
+def config_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    a, b = flatten(stored), flatten(current)
+    return [f"{k}: stored {a.get(k, '<absent>')!r}, now {b.get(k, '<absent>')!r}" for k in sorted(a.keys() | b.keys()) if a.get(k, "<absent>") != b.get(k, "<absent>")]
+
+
+def check_or_store_config(run_dir: Path, config: dict[str, Any]) -> None:
+    """Write ``config.yaml`` on first use; afterwards refuse a different config."""
+    path = run_dir / "config.yaml"
+    if path.exists():
+        stored = yaml.safe_load(path.read_text()) or {}
+        differences = config_differences(stored, config)
+        if differences:
+            listing = "\n  ".join(differences[:20])
+            raise ConfigMismatchError(
+                f"run directory {run_dir} already holds a run with a different config; refusing to resume into it.\n"
+                f"Differences:\n  {listing}\nUse a new output_root, delete the directory, or restore the config."
+            )
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(yaml.safe_dump(config, sort_keys=True))
+    os.replace(tmp, path)

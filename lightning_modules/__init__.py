@@ -1,0 +1,1 @@
+"""LightningModules for each method, plus the shared model components in ``lightning_modules.models``."""

@@ -1,0 +1,157 @@
+"""What every method's LightningModule shares: the embedder, the optional frozen LM, the optimiser,
+retrieval for evaluation, export, finite-loss checks, and checkpoints that never hold the frozen LM."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from lightning_modules.models.embedder import Embedder
+from lightning_modules.models.frozen_lm import FrozenCausalLM
+
+DEFAULT_OPTIMIZER = {"lr": 2e-5, "weight_decay": 0.01, "betas": (0.9, 0.999), "eps": 1e-8}
+DEFAULT_SCHEDULER = {"warmup_ratio": 0.1, "kind": "linear"}
+FROZEN_PREFIX = "frozen_lm."
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+class RetrieverModule(L.LightningModule):
+    """Base of all methods.
+
+    Args:
+        embedder: keyword arguments of :class:`Embedder` (``None`` for methods that embed otherwise).
+        frozen_lm: keyword arguments of :class:`FrozenCausalLM`, or ``None``.
+        optimizer: AdamW arguments (``lr``, ``weight_decay``, ...).
+        scheduler: ``{"kind": "linear"|"constant", "warmup_ratio": float}``.
+        nan_policy: ``"raise"`` stops on a NaN/inf loss (the last good checkpoint is kept);
+            ``"skip"`` skips that batch's update and counts it.
+        eval_batch_size / eval_precision: encoding settings for retrieval evaluation.
+    """
+
+    def __init__(
+        self,
+        embedder: dict[str, Any] | None = None,
+        frozen_lm: dict[str, Any] | None = None,
+        optimizer: dict[str, Any] | None = None,
+        scheduler: dict[str, Any] | None = None,
+        nan_policy: str = "raise",
+        eval_batch_size: int = 64,
+        eval_precision: str = "fp32",
+    ):
+        super().__init__()
+        if nan_policy not in ("raise", "skip"):
+            raise ValueError(f"nan_policy must be 'raise' or 'skip', got '{nan_policy}'")
+        self.embedder = Embedder(**embedder) if embedder is not None else None
+        self.frozen_lm = FrozenCausalLM(**frozen_lm) if frozen_lm is not None else None
+        self.optimizer_args = {**DEFAULT_OPTIMIZER, **(optimizer or {})}
+        self.scheduler_args = {**DEFAULT_SCHEDULER, **(scheduler or {})}
+        self.nan_policy = nan_policy
+        self.eval_batch_size = eval_batch_size
+        self.eval_precision = eval_precision
+        self.skipped_batches = 0
+
+    # ---- retrieval interface used by the evaluation callback -------------------------------------------
+    def encode_queries(self, texts: list[str], show_progress: bool = False) -> torch.Tensor:
+        return self.embedder.encode_queries(
+            texts, batch_size=self.eval_batch_size, precision=self.eval_precision, show_progress=show_progress
+        )
+
+    def encode_documents(self, texts: list[str], show_progress: bool = False) -> torch.Tensor:
+        return self.embedder.encode_documents(
+            texts, batch_size=self.eval_batch_size, precision=self.eval_precision, show_progress=show_progress
+        )
+
+    def untrained_score_key(self) -> dict[str, Any] | None:
+        """What determines this module's score before training (for the score cache); None: don't cache."""
+        if self.embedder is None:
+            return None
+        return {"model": self.embedder.name_or_path, "pooling": self.embedder.pooling,
+                "max_length": self.embedder.max_length, "instructions": self.embedder.instructions,
+                "append_eos": self.embedder.append_eos, "precision": self.eval_precision}
+
+    def export(self, path: str | Path, model_card: str | None = None) -> Path:
+        """Write the trained embedder as a plain HF / sentence-transformers folder."""
+        if self.embedder is None:
+            raise NotImplementedError(f"{type(self).__name__} has no embedder to export")
+        return self.embedder.save_pretrained(path, model_card=model_card)
+
+    # ---- loss bookkeeping -------------------------------------------------------------------------------
+    def checked_loss(self, loss: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
+        """Return ``loss`` if finite; else raise (``nan_policy=raise``) or return None to skip the batch."""
+        if torch.isfinite(loss).all():
+            return loss
+        if self.nan_policy == "skip":
+            self.skipped_batches += 1
+            self.log("train/skipped_batches", float(self.skipped_batches))
+            return None
+        raise NonFiniteLossError(
+            f"non-finite training loss ({loss.item()}) at global step {self.global_step}, batch {batch_idx}. "
+            "The run stopped; the last good checkpoint is kept. Lower the learning rate, check the data, "
+            "or set model.nan_policy=skip to skip such batches."
+        )
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads and not all(torch.isfinite(g).all() for g in grads):
+            if self.nan_policy == "skip":
+                optimizer.zero_grad(set_to_none=True)
+                self.skipped_batches += 1
+                return
+            raise NonFiniteLossError(
+                f"non-finite gradient at global step {self.global_step}; the last good checkpoint is kept "
+                "(set model.nan_policy=skip to skip such batches)"
+            )
+
+    # ---- optimisation -----------------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, param in self.trainable_parameters():
+            if name.startswith(FROZEN_PREFIX):
+                raise RuntimeError(f"frozen LM parameter '{name}' requires grad: the frozen LM must stay frozen")
+            skip = param.ndim < 2 or "norm" in name.lower() or getattr(param, "no_weight_decay", False)
+            (no_decay if skip else decay).append(param)
+        args = dict(self.optimizer_args)
+        weight_decay = args.pop("weight_decay")
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], **args)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = int(self.scheduler_args["warmup_ratio"] * total)
+        kind = self.scheduler_args["kind"]
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            if kind == "constant":
+                return 1.0
+            if kind == "cosine":
+                return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+            return max(0.0, (total - step) / max(total - warmup, 1))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- checkpoints: the frozen LM is reloaded by name, never stored ----------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith(FROZEN_PREFIX)]:
+            del state[key]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.frozen_lm is not None and "state_dict" in checkpoint:
+            for key, value in self.frozen_lm.state_dict(prefix=FROZEN_PREFIX).items():
+                checkpoint["state_dict"].setdefault(key, value)
+
+    # evaluation runs in a callback at validation time; the validation loop itself has nothing to do
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        return None

@@ -1,0 +1,43 @@
+"""InfoNCE over in-batch and hard negatives (van den Oord et al., 2018; Karpukhin et al., 2020, eq. 2)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def info_nce_loss(
+    query_embeddings: torch.Tensor,
+    document_embeddings: torch.Tensor,
+    targets: torch.Tensor,
+    exclude: torch.Tensor | None = None,
+    temperature: float = 0.05,
+) -> torch.Tensor:
+    """``L = −mean_i log( exp(s(q_i, d_{t_i})) / Σ_{j ∉ X_i} exp(s(q_i, d_j)) )`` with ``s = q·d / τ``.
+
+    Args:
+        query_embeddings: ``[Q, H]`` (L2-normalised for cosine similarity).
+        document_embeddings: ``[D, H]``: every in-batch document (positives and hard negatives).
+        targets: ``[Q]`` index of each query's positive in ``document_embeddings``.
+        exclude: optional ``[Q, D]`` bool, True where a document must leave query i's denominator
+            (its *other* positives: HotpotQA has two gold paragraphs). The target itself is never excluded.
+        temperature: τ, applied once.
+
+    Example: with ``q = [[1, 0]]``, ``d = [[1, 0], [0, 1]]``, τ = 1, the loss is ``log(1 + e^{-1})``.
+    """
+    logits = query_embeddings @ document_embeddings.T / temperature
+    if exclude is not None:
+        keep_target = F.one_hot(targets, logits.shape[1]).bool()
+        logits = logits.masked_fill(exclude & ~keep_target, float("-inf"))
+    return F.cross_entropy(logits, targets)
+
+
+def other_positive_mask(positive_ids: torch.Tensor, document_ids: torch.Tensor) -> torch.Tensor:
+    """``[Q, D]`` bool: True where document j is one of query i's positives.
+
+    Args:
+        positive_ids: ``[Q, P]`` integer ids of each query's positives, padded with -1.
+        document_ids: ``[D]`` integer ids of the batch's documents.
+    """
+    valid = positive_ids >= 0
+    return ((positive_ids.unsqueeze(-1) == document_ids.view(1, 1, -1)) & valid.unsqueeze(-1)).any(dim=1)

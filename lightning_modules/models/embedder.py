@@ -1,0 +1,199 @@
+"""The trainable embedder ``E``: any HF encoder or decoder, pooled, optionally L2-normalised and LoRA-adapted.
+
+``s(q, d) = cos(E(q), E(d)) / τ`` in every method (../METHODS.md, "Common pieces"); the temperature lives
+in the losses, not here.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoModel, AutoTokenizer
+
+from lightning_modules.models.frozen_lm import parse_dtype
+from lightning_modules.models.pooling import POOLINGS, pool
+from lightning_modules.models.registry import resolve_model_path
+
+Kind = Literal["query", "document"]
+DEFAULT_LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear"}
+
+
+class Embedder(nn.Module):
+    """Embeds texts with a HF backbone.
+
+    Args:
+        name_or_path: hub name, local folder or registry alias (``all-minilm-l6-v2``, ``smollm2-135m-instruct``).
+        pooling: ``cls``, ``mean`` or ``last`` (last non-padding token; padding goes left for it).
+        normalize: L2-normalise embeddings (cosine similarity).
+        query_instruction / document_instruction: text prefixed to queries / documents.
+        max_length: truncation length in tokens (the appended EOS included).
+        lora: ``None`` for full fine-tuning, else peft ``LoraConfig`` arguments (``{}`` takes DEFAULT_LORA).
+        append_eos: append the tokenizer's EOS token (common for decoder last-token pooling).
+        dtype: backbone weights dtype.
+        gradient_checkpointing: recompute backbone activations in backward.
+    """
+
+    def __init__(
+        self,
+        name_or_path: str,
+        pooling: str = "mean",
+        normalize: bool = True,
+        query_instruction: str = "",
+        document_instruction: str = "",
+        max_length: int = 256,
+        lora: dict[str, Any] | None = None,
+        append_eos: bool = False,
+        dtype: str = "float32",
+        gradient_checkpointing: bool = False,
+        trust_remote_code: bool = False,
+    ):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling '{pooling}' (choose from: {', '.join(POOLINGS)})")
+        self.name_or_path = name_or_path
+        self.pooling = pooling
+        self.normalize = normalize
+        self.instructions = {"query": query_instruction, "document": document_instruction}
+        self.max_length = max_length
+        self.append_eos = append_eos
+        path = resolve_model_path(name_or_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        self.tokenizer.padding_side = "left" if pooling == "last" else "right"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if append_eos and self.tokenizer.eos_token_id is None:
+            raise ValueError(f"append_eos=True but the tokenizer of '{name_or_path}' has no EOS token")
+        backbone = AutoModel.from_pretrained(path, dtype=parse_dtype(dtype), trust_remote_code=trust_remote_code)
+        if gradient_checkpointing:
+            backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.lora_config = None
+        if lora is not None:
+            from peft import LoraConfig, get_peft_model
+
+            self.lora_config = {**DEFAULT_LORA, **dict(lora)}
+            backbone = get_peft_model(backbone, LoraConfig(**self.lora_config))
+        self.backbone = backbone
+        self.backbone.train()  # from_pretrained returns eval mode; the trainable embedder trains with dropout
+
+    @property
+    def dim(self) -> int:
+        return self.backbone.config.hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
+
+    def tokenize(self, texts: Sequence[str], kind: Kind) -> dict[str, torch.Tensor]:
+        """Tokenise with the instruction prefix for ``kind``, truncation, and padding, as tensors."""
+        return self._pad(self._token_ids(texts, kind))
+
+    def _token_ids(self, texts: Sequence[str], kind: Kind) -> list[list[int]]:
+        prefix = self.instructions[kind]
+        budget = self.max_length - (1 if self.append_eos else 0)
+        ids = self.tokenizer([prefix + t for t in texts], truncation=True, max_length=budget)["input_ids"]
+        if self.append_eos:
+            ids = [row + [self.tokenizer.eos_token_id] for row in ids]
+        return ids
+
+    def _pad(self, ids: list[list[int]]) -> dict[str, torch.Tensor]:
+        padded = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
+        return {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"]}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Token ids ``[B, T]`` → embeddings ``[B, H]`` (float32, L2-normalised when ``normalize``)."""
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        embeddings = pool(hidden, attention_mask, self.pooling).float()
+        return F.normalize(embeddings, dim=-1) if self.normalize else embeddings
+
+    def embed(self, texts: Sequence[str], kind: Kind) -> torch.Tensor:
+        """Embed with gradients (training)."""
+        batch = {k: v.to(self.device) for k, v in self.tokenize(texts, kind).items()}
+        return self(**batch)
+
+    @torch.no_grad()
+    def encode(
+        self,
+        texts: Sequence[str],
+        kind: Kind,
+        batch_size: int = 64,
+        precision: str = "fp32",
+        show_progress: bool = False,
+        desc: str | None = None,
+    ) -> torch.Tensor:
+        """Embed many texts without gradients: tokenise once, sort by length, pad per batch.
+
+        ``precision="bf16"`` runs under CPU/GPU bf16 autocast. Returns float32 ``[N, H]`` on CPU, input order.
+        """
+        if len(texts) == 0:
+            return torch.empty(0, self.dim)
+        was_training = self.training
+        self.eval()
+        ids = self._token_ids(texts, kind)
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        out = torch.empty(len(ids), self.dim)
+        device = self.device
+        autocast = (
+            torch.autocast(device_type=device.type, dtype=torch.bfloat16) if precision in ("bf16", "bfloat16") else nullcontext()
+        )
+        batches = range(0, len(order), batch_size)
+        with autocast:
+            for start in tqdm(batches, desc=desc or f"encode {kind}s", disable=not show_progress, leave=False):
+                index = order[start : start + batch_size]
+                batch = {k: v.to(device) for k, v in self._pad([ids[i] for i in index]).items()}
+                out[index] = self(**batch).float().cpu()
+        self.train(was_training)
+        return out
+
+    def encode_queries(self, texts: Sequence[str], **kwargs) -> torch.Tensor:
+        return self.encode(texts, "query", **kwargs)
+
+    def encode_documents(self, texts: Sequence[str], **kwargs) -> torch.Tensor:
+        return self.encode(texts, "document", **kwargs)
+
+    def merged_backbone(self) -> nn.Module:
+        """The backbone with any LoRA weights merged in (a copy; the training model is untouched)."""
+        if self.lora_config is None:
+            return self.backbone
+        return copy.deepcopy(self.backbone).merge_and_unload()
+
+    def save_pretrained(self, path: str | Path, model_card: str | None = None) -> Path:
+        """Export as a sentence-transformers folder (plain HF weights + pooling/normalize modules + prompts)."""
+        from sentence_transformers import SentenceTransformer
+        from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+        path = Path(path)
+        hf_dir = path / "_hf"
+        self.merged_backbone().save_pretrained(hf_dir)
+        self.tokenizer.save_pretrained(hf_dir)
+        transformer = Transformer(str(hf_dir), max_seq_length=self.max_length)
+        transformer.tokenizer.padding_side = self.tokenizer.padding_side
+        modes = {"cls": "cls", "mean": "mean", "last": "lasttoken"}
+        modules: list[nn.Module] = [transformer, Pooling(self.dim, pooling_mode=modes[self.pooling])]
+        if self.normalize:
+            modules.append(Normalize())
+        prompts = {k: v for k, v in self.instructions.items() if v}
+        model = SentenceTransformer(modules=modules, prompts=prompts or None, device="cpu")
+        model.save(str(path))
+        import shutil
+
+        shutil.rmtree(hf_dir, ignore_errors=True)
+        (path / "lsr_embedder.json").write_text(json.dumps(self.export_config(), indent=2) + "\n")
+        if model_card:
+            (path / "README.md").write_text(model_card)
+        return path
+
+    def export_config(self) -> dict[str, Any]:
+        return {
+            "source": self.name_or_path, "pooling": self.pooling, "normalize": self.normalize,
+            "query_instruction": self.instructions["query"], "document_instruction": self.instructions["document"],
+            "max_length": self.max_length, "append_eos": self.append_eos, "lora": self.lora_config,
+        }
