@@ -39,3 +39,6 @@ format: install ## ruff format + autofix
 
 clean-runs: ## Delete the local run directories under runs/
 	rm -rf runs
+
+# Feature targets (bench, eval, report, slurm, sweep, decode, ...) live one file per topic in make/.
+-include make/*.mk

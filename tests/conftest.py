@@ -1,0 +1,55 @@
+"""Test session setup: offline, a private cache, small thread count; shared tiny-model fixtures."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+def pytest_configure(config):
+    # one cache per test session unless the caller pins one (tiny models are rebuilt in ~1 s)
+    if "LSR_CACHE_DIR" not in os.environ:
+        import tempfile
+
+        os.environ["LSR_CACHE_DIR"] = tempfile.mkdtemp(prefix="lsr-test-cache-")
+    os.environ["LSR_TINY_MODELS"] = "0"
+
+
+@pytest.fixture(autouse=True)
+def _reset_tiny_flag():
+    """Tests that run debug=tiny set LSR_TINY_MODELS=1; never leak it into the next test."""
+    yield
+    os.environ["LSR_TINY_MODELS"] = "0"
+
+
+@pytest.fixture
+def tiny_llama_path() -> str:
+    from lightning_modules.models.registry import resolve_model_path
+
+    return resolve_model_path("tiny-llama")
+
+
+@pytest.fixture
+def tiny_bert_path() -> str:
+    from lightning_modules.models.registry import resolve_model_path
+
+    return resolve_model_path("tiny-bert")
+
+
+requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def has_flash_attn() -> bool:
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
