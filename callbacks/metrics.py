@@ -20,7 +20,9 @@ def ranked(doc_scores: dict[str, float]) -> list[str]:
     return [d for d, _ in sorted(doc_scores.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)]
 
 
-def query_metrics(ranking: list[str], relevance: dict[str, int], cutoffs: dict[str, tuple[int, ...]]) -> dict[str, float]:
+def query_metrics(
+    ranking: list[str], relevance: dict[str, int], cutoffs: dict[str, tuple[int, ...]]
+) -> dict[str, float]:
     relevant = {d: r for d, r in relevance.items() if r > 0}
     out: dict[str, float] = {}
     for k in cutoffs.get("ndcg", ()):
@@ -38,7 +40,9 @@ def query_metrics(ranking: list[str], relevance: dict[str, int], cutoffs: dict[s
 DEFAULT_CUTOFFS = {"ndcg": (10,), "recall": (10, 100), "mrr": (10,)}
 
 
-def evaluate_run(run: Run, qrels: Qrels, cutoffs: dict[str, tuple[int, ...]] | None = None) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+def evaluate_run(
+    run: Run, qrels: Qrels, cutoffs: dict[str, tuple[int, ...]] | None = None
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Mean and per-query metrics. Queries judged but absent from the run score 0."""
     cutoffs = cutoffs or DEFAULT_CUTOFFS
     per_query = {}

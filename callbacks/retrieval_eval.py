@@ -3,12 +3,20 @@
 Logs ``val/ndcg@10``, ``val/recall@10``, ``val/recall@100``, ``val/mrr@10`` (usable as the checkpoint
 monitor) and writes ``<run>/eval/step_<N>.json`` (metrics and per-query scores) plus a TREC run file.
 The score before training is cached per (model, pooling, max length, data, split) so it is computed once.
+
+Under DDP/FSDP every rank encodes an equal-sized shard of the corpus and of the queries, the shards are
+all-gathered, and every rank searches the same full index: every rank logs the same metrics (so
+checkpointing can monitor them) and every rank runs the same number of forward passes (FSDP's
+collectives never wait on a rank that has stopped). Under FSDP the encoding runs through the wrapped
+model's ``forward`` so the sharded parameters are gathered. A module's own ``retrieve()`` hook runs on
+the whole corpus on every rank.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -19,11 +27,18 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from callbacks.metrics import evaluate_run
 from callbacks.search import exact_top_k
-from lightning_modules.models.cache import cache_root, write_json_atomically
+from callbacks.untrained_cache import read_untrained_score, write_untrained_score
+from lightning_modules.models.cache import write_json_atomically
 
 
 class RetrievalEvaluation(L.Callback):
-    def __init__(self, top_k: int = 100, cache_untrained: bool = True, use_faiss: bool = False, show_progress: bool = True):
+    def __init__(
+        self,
+        top_k: int = 100,
+        cache_untrained: bool = True,
+        use_faiss: bool = False,
+        show_progress: bool = True,
+    ):
         self.top_k = top_k
         self.cache_untrained = cache_untrained
         self.use_faiss = use_faiss
@@ -39,6 +54,8 @@ class RetrievalEvaluation(L.Callback):
             return
         step = trainer.global_step
         record = self._cached_untrained(trainer, pl_module) if step == 0 else None
+        if trainer.world_size > 1:  # rank 0 decides, so no rank skips the collectives of an evaluation
+            record = trainer.strategy.broadcast(record, src=0)
         if record is None:
             record = self.evaluate(trainer, pl_module)
             if step == 0:
@@ -61,10 +78,22 @@ class RetrievalEvaluation(L.Callback):
         doc_ids = corpus.doc_ids
         start = time.perf_counter()
         if hasattr(pl_module, "retrieve"):
-            scores, indices = pl_module.retrieve([q.text for q in queries], [corpus.corpus[d] for d in doc_ids], self.top_k)
+            scores, indices = call_through_strategy(
+                trainer,
+                pl_module,
+                "retrieve",
+                [q.text for q in queries],
+                [corpus.corpus[d] for d in doc_ids],
+                self.top_k,
+            )
         else:
-            documents = pl_module.encode_documents([corpus.corpus[d].as_text() for d in doc_ids], show_progress=self.show_progress)
-            query_embeddings = pl_module.encode_queries([q.text for q in queries], show_progress=self.show_progress)
+            show = self.show_progress and trainer.is_global_zero
+            documents = encode_sharded(
+                trainer, pl_module, "encode_documents", [corpus.corpus[d].as_text() for d in doc_ids], show
+            )
+            query_embeddings = encode_sharded(
+                trainer, pl_module, "encode_queries", [q.text for q in queries], show
+            )
             scores, indices = exact_top_k(query_embeddings, documents, self.top_k, use_faiss=self.use_faiss)
         seconds = time.perf_counter() - start
         run = {
@@ -72,8 +101,15 @@ class RetrievalEvaluation(L.Callback):
             for row, q in enumerate(queries)
         }
         metrics, per_query = evaluate_run(run, qrels)
-        return {"metrics": metrics, "per_query": per_query, "run": run, "seconds": seconds,
-                "num_queries": len(queries), "num_documents": len(doc_ids), "split": datamodule.eval_split}
+        return {
+            "metrics": metrics,
+            "per_query": per_query,
+            "run": run,
+            "seconds": seconds,
+            "num_queries": len(queries),
+            "num_documents": len(doc_ids),
+            "split": datamodule.eval_split,
+        }
 
     # ---- untrained-score cache ---------------------------------------------------------------------------
     def _cache_key(self, trainer: L.Trainer, pl_module: L.LightningModule) -> str | None:
@@ -82,38 +118,28 @@ class RetrievalEvaluation(L.Callback):
             return None
         dm = trainer.datamodule
         corpus = dm.load_corpus()
-        full = {"module": key, "data": dm.hub_name or str(dm.path), "split": dm.eval_split,
-                "queries": [q.query_id for q in dm.eval_queries()], "corpus": len(corpus.corpus), "top_k": self.top_k}
+        full = {
+            "module": key,
+            "data": dm.hub_name or str(dm.path),
+            "split": dm.eval_split,
+            "queries": [q.query_id for q in dm.eval_queries()],
+            "corpus": len(corpus.corpus),
+            "top_k": self.top_k,
+        }
         return hashlib.sha1(json.dumps(full, sort_keys=True, default=str).encode()).hexdigest()
-
-    @staticmethod
-    def _cache_file() -> Path:
-        return cache_root() / "untrained_scores.json"
 
     def _cached_untrained(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any] | None:
         key = self._cache_key(trainer, pl_module)
-        path = self._cache_file()
-        if key is None or not path.exists():
-            return None
-        try:
-            entry = json.loads(path.read_text()).get(key)
-        except json.JSONDecodeError:
-            return None  # a corrupt cache is recomputed, never used
-        if not entry or "metrics" not in entry:
-            return None
-        return {"metrics": entry["metrics"], "cached": True, "seconds": 0.0}
+        metrics = read_untrained_score(key) if key is not None else None  # damaged entries are recomputed
+        return {"metrics": metrics, "cached": True, "seconds": 0.0} if metrics is not None else None
 
-    def _store_untrained(self, trainer: L.Trainer, pl_module: L.LightningModule, record: dict[str, Any]) -> None:
+    def _store_untrained(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, record: dict[str, Any]
+    ) -> None:
         key = self._cache_key(trainer, pl_module)
         if key is None or not trainer.is_global_zero:
             return
-        path = self._cache_file()
-        try:
-            table = json.loads(path.read_text()) if path.exists() else {}
-        except json.JSONDecodeError:
-            table = {}
-        table[key] = {"metrics": record["metrics"], "model": pl_module.untrained_score_key()}
-        write_json_atomically(path, table)
+        write_untrained_score(key, record["metrics"], pl_module.untrained_score_key())
 
     def _write(self, trainer: L.Trainer, record: dict[str, Any]) -> None:
         out = Path(trainer.default_root_dir) / "eval"
@@ -123,6 +149,59 @@ class RetrievalEvaluation(L.Callback):
         if "run" in record:
             lines = []
             for qid, docs in record["run"].items():
-                for rank, (doc, score) in enumerate(sorted(docs.items(), key=lambda kv: (kv[1], kv[0]), reverse=True), 1):
+                for rank, (doc, score) in enumerate(
+                    sorted(docs.items(), key=lambda kv: (kv[1], kv[0]), reverse=True), 1
+                ):
                     lines.append(f"{qid} Q0 {doc} {rank} {score:.6f} lsr")
             (out / f"run_step_{step:06d}.trec").write_text("\n".join(lines) + "\n")
+
+
+def call_through_strategy(trainer: L.Trainer, pl_module: L.LightningModule, method: str, *args: Any) -> Any:
+    """``pl_module.<method>(*args)``; under FSDP routed through the wrapped model's ``forward``.
+
+    FSDP gathers a unit's sharded parameters only inside ``forward``: a plain method call on the
+    LightningModule would see the root unit's parameters as flat shards. Lightning's own
+    training/validation steps use the same forward redirection.
+    """
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    strategy = trainer.strategy
+    if isinstance(strategy, FSDPStrategy) and strategy.model is not None and strategy.model is not pl_module:
+        return strategy._forward_redirection(strategy.model, pl_module, method, *args)
+    return getattr(pl_module, method)(*args)
+
+
+def shard_bounds(count: int, world_size: int, rank: int) -> tuple[int, int]:
+    """``[start, end)`` of ``rank``'s contiguous shard when ``count`` items are split into equal shards
+    of ``ceil(count / world_size)`` (the last shards may be short or empty)."""
+    per_rank = math.ceil(count / world_size)
+    start = min(rank * per_rank, count)
+    return start, min(start + per_rank, count)
+
+
+def encode_sharded(
+    trainer: L.Trainer,
+    pl_module: L.LightningModule,
+    method: str,
+    texts: list[str],
+    show_progress: bool = False,
+) -> torch.Tensor:
+    """Encode ``texts`` with ``pl_module.<method>`` split across ranks; every rank returns all ``[N, H]``.
+
+    Each rank encodes ``ceil(N / world)`` texts (a short shard is padded with copies of ``texts[0]`` and
+    the padding dropped after the gather), so every rank runs the same number of encoder batches.
+    """
+    world, rank = trainer.world_size, trainer.global_rank
+
+    def encode(shard: list[str]) -> torch.Tensor:
+        return call_through_strategy(trainer, pl_module, method, shard, show_progress)
+
+    if world == 1 or not texts:
+        return encode(texts)
+    start, end = shard_bounds(len(texts), world, rank)
+    per_rank = math.ceil(len(texts) / world)
+    shard = texts[start:end]
+    shard = shard + [texts[0]] * (per_rank - len(shard))
+    local = encode(shard).to(trainer.strategy.root_device)
+    gathered = trainer.strategy.all_gather(local)  # [world, per_rank, H]
+    return gathered.reshape(world * per_rank, -1)[: len(texts)].cpu()

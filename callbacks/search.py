@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 
 
-def exact_top_k(queries: torch.Tensor, documents: torch.Tensor, k: int, chunk: int = 1024, use_faiss: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def exact_top_k(
+    queries: torch.Tensor, documents: torch.Tensor, k: int, chunk: int = 1024, use_faiss: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores and indices ``[Q, k]`` of the best documents for each query, by inner product.
 
     ``use_faiss`` uses a faiss ``IndexFlatIP`` (exact, faster on large corpora); the torch path processes

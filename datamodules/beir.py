@@ -52,7 +52,9 @@ def load_queries(path: str | Path) -> dict[str, Query]:
     return queries
 
 
-def load_qrels(path: str | Path, corpus: dict[str, Document], queries: dict[str, Query]) -> dict[str, dict[str, int]]:
+def load_qrels(
+    path: str | Path, corpus: dict[str, Document], queries: dict[str, Query]
+) -> dict[str, dict[str, int]]:
     """Read one qrels TSV, checking every id against the corpus and queries."""
     path = Path(path)
     if not path.is_file():
@@ -65,29 +67,50 @@ def load_qrels(path: str | Path, corpus: dict[str, Document], queries: dict[str,
                 if not row or (line == 1 and row[0].strip().lower() in {"query-id", "query_id", "qid"}):
                     continue
                 if len(row) != 3:
-                    raise DataFormatError(path, f"expected 3 tab-separated columns (query-id, corpus-id, score), got {len(row)}", line)
+                    raise DataFormatError(
+                        path,
+                        f"expected 3 tab-separated columns (query-id, corpus-id, score), got {len(row)}",
+                        line,
+                    )
                 qid, doc_id, score = (cell.strip() for cell in row)
                 if qid not in queries:
-                    raise DataFormatError(path, f"unknown query id '{qid}' (not in queries.jsonl)", line, "query-id")
+                    raise DataFormatError(
+                        path, f"unknown query id '{qid}' (not in queries.jsonl)", line, "query-id"
+                    )
                 if doc_id not in corpus:
-                    raise DataFormatError(path, f"unknown corpus id '{doc_id}' (not in corpus.jsonl)", line, "corpus-id")
+                    raise DataFormatError(
+                        path, f"unknown corpus id '{doc_id}' (not in corpus.jsonl)", line, "corpus-id"
+                    )
                 try:
                     relevance = int(float(score))
                 except ValueError:
                     raise DataFormatError(path, f"expected a number, got '{score}'", line, "score") from None
                 qrels.setdefault(qid, {})[doc_id] = relevance
     except UnicodeDecodeError as err:
-        raise DataFormatError(path, f"not valid UTF-8 ({err.reason})") from None
+        raise DataFormatError(path, f"not valid UTF-8 ({err.reason})", first_non_utf8_line(path)) from None
     if not qrels:
         raise DataFormatError(path, "no judgements in this qrels file")
     return qrels
+
+
+def first_non_utf8_line(path: Path) -> int | None:
+    """The 1-based number of the first line that is not valid UTF-8 (for error messages)."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return None
 
 
 def load_beir_folder(folder: str | Path, splits: list[str] | None = None) -> RetrievalCorpus:
     """Load a BEIR-layout folder. ``splits=None`` loads every ``qrels/*.tsv``."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataFormatError(folder, "data folder not found (expected corpus.jsonl, queries.jsonl, qrels/<split>.tsv)")
+        raise DataFormatError(
+            folder, "data folder not found (expected corpus.jsonl, queries.jsonl, qrels/<split>.tsv)"
+        )
     corpus = load_corpus(folder / "corpus.jsonl")
     queries = load_queries(folder / "queries.jsonl")
     qrels_dir = folder / "qrels"
@@ -123,7 +146,10 @@ def load_beir_from_hub(name: str, splits: list[str], revision: str | None = None
         str(row["_id"]): Document(doc_id=str(row["_id"]), text=row["text"], title=row.get("title") or "")
         for row in _load(name, "corpus", "corpus")
     }
-    queries = {str(row["_id"]): Query(query_id=str(row["_id"]), text=row["text"]) for row in _load(name, "queries", "queries")}
+    queries = {
+        str(row["_id"]): Query(query_id=str(row["_id"]), text=row["text"])
+        for row in _load(name, "queries", "queries")
+    }
     qrels: dict[str, dict[str, dict[str, int]]] = {}
     for split in splits:
         table: dict[str, dict[str, int]] = {}

@@ -19,3 +19,7 @@ class DataFormatError(ValueError):
         where = self.path if line is None else f"{self.path}:{line}"
         what = f"field '{field}': {message}" if field else message
         super().__init__(f"{where}: {what}")
+
+
+class MTEBTaskUnavailableError(RuntimeError):
+    """An MTEB hub task's data cannot be loaded (offline, or not downloadable)."""

@@ -43,10 +43,18 @@ def load_qa_candidates(path: str | Path, query_ids: set[str] | None = None) -> l
                 if key not in cand:
                     raise DataFormatError(path, "missing", line, f"{where}.{key}")
                 if not isinstance(cand[key], kind):
-                    raise DataFormatError(path, f"wrong type {type(cand[key]).__name__}", line, f"{where}.{key}")
+                    raise DataFormatError(
+                        path, f"wrong type {type(cand[key]).__name__}", line, f"{where}.{key}"
+                    )
             document = Document(doc_id=str(cand["doc_id"]), text=cand["text"], title=cand.get("title") or "")
             candidates.append(Candidate(document=document, is_relevant=cand["is_supporting"]))
-        examples.append(QAExample(query=Query(query_id=qid, text=text, answers=tuple(answers)), candidates=tuple(candidates)))
+        examples.append(
+            QAExample(
+                query=Query(query_id=qid, text=text, answers=tuple(answers)), candidates=tuple(candidates)
+            )
+        )
     if not examples:
-        raise DataFormatError(path, "no QA examples" + (" for the requested split" if query_ids is not None else ""))
+        raise DataFormatError(
+            path, "no QA examples" + (" for the requested split" if query_ids is not None else "")
+        )
     return examples

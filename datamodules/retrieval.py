@@ -6,6 +6,7 @@ Sampling is deterministic in (seed, epoch, example index), so a resumed run sees
 from __future__ import annotations
 
 import random
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -32,29 +33,55 @@ class TrainExample:
 
 
 class EpochAwareSampler(Sampler):
-    """Yields ``(index, epoch)`` in a seeded per-epoch order; Lightning calls ``set_epoch``."""
+    """Yields ``(index, epoch)`` in a seeded per-epoch order; Lightning calls ``set_epoch``.
+
+    Resumable mid-epoch: after :meth:`resume_at` ``(epoch, skip)`` the next iteration continues that
+    epoch's order after its first ``skip`` samples, exactly where an interrupted run stopped.
+    """
 
     def __init__(self, size: int, seed: int, shuffle: bool = True):
         self.size, self.seed, self.shuffle, self.epoch = size, seed, shuffle, 0
+        self._resume: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def resume_at(self, epoch: int, skip: int) -> None:
+        """Make the next iteration start ``skip`` samples into the order of ``epoch``."""
+        if not 0 <= skip <= self.size:
+            raise ValueError(f"cannot resume {skip} samples into an epoch of {self.size}")
+        self._resume = (epoch, skip)
+
+    def order(self, epoch: int) -> list[int]:
         order = list(range(self.size))
         if self.shuffle:
-            random.Random(f"{self.seed}-{self.epoch}").shuffle(order)
-        return iter([(i, self.epoch) for i in order])
+            random.Random(f"{self.seed}-{epoch}").shuffle(order)
+        return order
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, skip = self.epoch, 0
+        if self._resume is not None:
+            (epoch, skip), self._resume = self._resume, None
+            self.epoch = epoch
+        return iter([(i, epoch) for i in self.order(epoch)[skip:]])
 
     def __len__(self) -> int:
         return self.size
 
 
 class GroupDataset(Dataset):
-    """Item ``(i, epoch)``: query i with one sampled positive and ``group_size − 1`` sampled negatives."""
+    """Item ``(i, epoch)``: query i with ``positives_per_query`` sampled positives (the first one always
+    present) followed by sampled negatives, ``group_size`` documents in all."""
 
-    def __init__(self, examples: list[TrainExample], group_size: int, seed: int):
+    def __init__(
+        self, examples: list[TrainExample], group_size: int, seed: int, positives_per_query: int = 1
+    ):
+        if not 1 <= positives_per_query <= group_size:
+            raise ValueError(
+                f"data.positives_per_query must be in [1, group_size={group_size}], got {positives_per_query}"
+            )
         self.examples, self.group_size, self.seed = examples, group_size, seed
+        self.positives_per_query = positives_per_query
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -63,11 +90,19 @@ class GroupDataset(Dataset):
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         example = self.examples[index]
         rng = random.Random(f"{self.seed}-{epoch}-{index}")
-        positive = rng.choice(example.positives)
-        want = self.group_size - 1
+        positives = list(example.positives)
+        rng.shuffle(positives)
+        positives = positives[: self.positives_per_query]
+        want = self.group_size - len(positives)
         pool = list(example.negatives)
-        negatives = rng.sample(pool, want) if len(pool) >= want else [rng.choice(pool) for _ in range(want)] if pool else []
-        return {"example": example, "documents": [positive, *negatives]}
+        negatives = (
+            rng.sample(pool, want)
+            if len(pool) >= want
+            else [rng.choice(pool) for _ in range(want)]
+            if pool
+            else []
+        )
+        return {"example": example, "documents": [*positives, *negatives]}
 
 
 class RetrievalDataModule(L.LightningDataModule):
@@ -79,7 +114,8 @@ class RetrievalDataModule(L.LightningDataModule):
         hub_name: a hub data set (e.g. ``BeIR/scifact``) loaded with ``datasets.load_dataset``.
         negatives: ``candidates`` (the QA file's non-supporting paragraphs; they come with the gold ones),
             ``bm25`` (mined from the corpus, label-free), or ``random`` (random corpus documents).
-        group_size: documents per query in a batch (1 positive + group_size−1 negatives).
+        group_size: documents per query in a batch (positives first, then negatives).
+        positives_per_query: how many of a query's positives each group holds (multi-positive losses).
         tiny: use the tiny fixture instead of ``path`` (set by ``debug=tiny``).
     """
 
@@ -92,6 +128,7 @@ class RetrievalDataModule(L.LightningDataModule):
         eval_split: str = "dev",
         negatives: str = "candidates",
         group_size: int = 4,
+        positives_per_query: int = 1,
         batch_size: int = 16,
         max_train_queries: int | None = None,
         max_eval_queries: int | None = None,
@@ -109,12 +146,15 @@ class RetrievalDataModule(L.LightningDataModule):
         self.hub_name = None if tiny else hub_name
         self.qa_file, self.train_split, self.eval_split = qa_file, train_split, eval_split
         self.negatives, self.group_size, self.batch_size = negatives, group_size, batch_size
+        self.positives_per_query = positives_per_query
         self.max_train_queries, self.max_eval_queries = max_train_queries, max_eval_queries
         self.num_workers, self.seed = num_workers, seed
         self.collate = collate or collate_groups
         self.corpus: RetrievalCorpus | None = None
         self.train_examples: list[TrainExample] = []
         self.doc_index: dict[str, int] = {}
+        self._sampler: EpochAwareSampler | None = None
+        self._resume_position: tuple[int, int, int] | None = None  # (epoch, batches done, training-set size)
 
     # ---- loading ----------------------------------------------------------------------------------------
     def load_corpus(self) -> RetrievalCorpus:
@@ -141,13 +181,22 @@ class RetrievalDataModule(L.LightningDataModule):
         candidates: dict[str, list] = {}
         if self.negatives == "candidates":
             if self.hub_name or not self.qa_file or not (folder / self.qa_file).exists():
-                raise DataFormatError(folder / str(self.qa_file), "negatives=candidates needs a QA candidates file; use negatives=bm25 for plain BEIR data")
-            candidates = {ex.query.query_id: ex.negatives for ex in load_qa_candidates(folder / self.qa_file, set(query_ids))}
+                raise DataFormatError(
+                    folder / str(self.qa_file),
+                    "negatives=candidates needs a QA candidates file; use negatives=bm25 for plain BEIR data",
+                )
+            candidates = {
+                ex.query.query_id: ex.negatives
+                for ex in load_qa_candidates(folder / self.qa_file, set(query_ids))
+            }
         elif self.negatives == "bm25":
             documents = list(corpus.corpus.values())
-            top = bm25_top_k([corpus.queries[q].text for q in query_ids], documents, k=max(4 * self.group_size, 20))
+            top = bm25_top_k(
+                [corpus.queries[q].text for q in query_ids], documents, k=max(4 * self.group_size, 20)
+            )
             candidates = {
-                q: [documents[i] for i in row if documents[i].doc_id not in qrels[q]] for q, row in zip(query_ids, top)
+                q: [documents[i] for i in row if documents[i].doc_id not in qrels[q]]
+                for q, row in zip(query_ids, top)
             }
         examples = []
         documents = list(corpus.corpus.values())
@@ -158,20 +207,103 @@ class RetrievalDataModule(L.LightningDataModule):
                 continue
             if self.negatives == "random":
                 rng = random.Random(f"{self.seed}-{qid}")
-                negatives = tuple(d for d in rng.sample(documents, min(len(documents), 4 * self.group_size)) if d.doc_id not in qrels[qid])
+                negatives = tuple(
+                    d
+                    for d in rng.sample(documents, min(len(documents), 4 * self.group_size))
+                    if d.doc_id not in qrels[qid]
+                )
             else:
                 negatives = tuple(candidates.get(qid, ()))
+            if len(negatives) < self.group_size - 1:  # e.g. a HotpotQA question whose candidates are all gold
+                negatives += self._random_negatives(
+                    documents, qrels[qid], self.group_size - 1 - len(negatives), qid
+                )
             examples.append(TrainExample(qid, query.text, query.answers, positives, negatives))
         if not examples:
             raise DataFormatError(folder, f"split '{self.train_split}' has no query with a relevant document")
         return examples
 
+    def _random_negatives(
+        self, documents: list[Document], relevant: dict[str, int], count: int, qid: str
+    ) -> tuple[Document, ...]:
+        """Top-up negatives: random corpus documents not judged relevant, seeded by the query id."""
+        rng = random.Random(f"{self.seed}-topup-{qid}")
+        picked: list[Document] = []
+        while len(picked) < count and len(picked) < len(documents) - len(relevant):
+            doc = rng.choice(documents)
+            if doc.doc_id not in relevant and doc not in picked:
+                picked.append(doc)
+        return tuple(picked)
+
     # ---- loaders ----------------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
-        dataset = GroupDataset(self.train_examples, self.group_size, self.seed)
+        dataset = GroupDataset(self.train_examples, self.group_size, self.seed, self.positives_per_query)
         return DataLoader(
-            dataset, batch_size=self.batch_size, sampler=EpochAwareSampler(len(dataset), self.seed),
-            collate_fn=self._collate, num_workers=self.num_workers, drop_last=True,
+            dataset,
+            batch_size=self.batch_size,
+            sampler=self.resumable_sampler(len(dataset)),
+            collate_fn=self._collate,
+            num_workers=self.num_workers,
+            drop_last=True,
+            generator=torch.Generator().manual_seed(self.seed),  # leaves the global RNG (dropout) untouched
+        )
+
+    def resumable_sampler(self, size: int) -> EpochAwareSampler:
+        """The training sampler over ``size`` items whose position is saved in every checkpoint and restored
+        on resume, mid-epoch included (subclasses with their own ``train_dataloader`` should use it too)."""
+        self._sampler = EpochAwareSampler(size, self.seed)
+        if self._resume_position is not None:
+            epoch, batches_done, saved_size = self._resume_position
+            if saved_size != size:  # the training data changed between attempts: positions mean nothing
+                warnings.warn(
+                    f"the training set has {size} items, the checkpoint's had {saved_size}: restarting epoch {epoch}",
+                    stacklevel=2,
+                )
+                batches_done = 0
+            if batches_done >= size // self.batch_size:  # stopped after an epoch's last batch
+                epoch, batches_done = epoch + 1, 0
+            if self.trainer is not None and self.trainer.world_size > 1:
+                batches_done = (
+                    0  # Lightning re-wraps the sampler per rank: restart the interrupted epoch instead
+                )
+            self._sampler.resume_at(epoch, min(batches_done * self.batch_size, size))
+            self._resume_position = None
+        return self._sampler
+
+    # ---- mid-epoch resume: the position in the data order travels in every checkpoint ------------------
+    def state_dict(self) -> dict[str, Any]:
+        """``{"epoch", "batches_done", ...}`` of the running epoch; Lightning stores it in each checkpoint.
+
+        ``batches_done`` is the trainer's count of processed batches in this epoch (not the loader's,
+        which runs one batch ahead because Lightning prefetches), so the restored order matches the
+        batch Lightning resumes at: after a kill, a preemption save or a periodic checkpoint alike.
+        """
+        trainer = self.trainer
+        if self._sampler is None or trainer is None:
+            return {}
+        processed = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {
+            "epoch": self._sampler.epoch,
+            "batches_done": int(processed),
+            "batch_size": self.batch_size,
+            "num_examples": self._sampler.size,
+            "seed": self.seed,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        now = {"batch_size": self.batch_size, "seed": self.seed}
+        changed = {k: (state_dict.get(k), v) for k, v in now.items() if state_dict.get(k) != v}
+        if changed:
+            raise ValueError(
+                "cannot resume the data order mid-epoch: the checkpoint was written with different data settings "
+                + ", ".join(f"{k} {old} (now {new})" for k, (old, new) in changed.items())
+            )
+        self._resume_position = (
+            int(state_dict["epoch"]),
+            int(state_dict["batches_done"]),
+            int(state_dict["num_examples"]),
         )
 
     def val_dataloader(self) -> DataLoader:
@@ -201,7 +333,11 @@ def collate_groups(items: list[dict[str, Any]], doc_index: dict[str, int]) -> di
         "answers": [list(ex.answers) for ex in examples],
         "documents": [doc.as_text() for doc in documents],
         "document_ids": torch.tensor([doc_index.get(doc.doc_id, -1) for doc in documents], dtype=torch.long),
-        "labels": torch.tensor([[doc.doc_id in {p.doc_id for p in ex.positives} for doc in item["documents"]]
-                                for ex, item in zip(examples, items)]),
+        "labels": torch.tensor(
+            [
+                [doc.doc_id in {p.doc_id for p in ex.positives} for doc in item["documents"]]
+                for ex, item in zip(examples, items)
+            ]
+        ),
         "positive_ids": positive_ids,
     }

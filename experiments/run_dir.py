@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,49 @@ IGNORED_OVERRIDE_PREFIXES = ("exp=", "hydra.", "output_root=")
 
 class ConfigMismatchError(RuntimeError):
     pass
+
+
+SECRET_ENV_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.I)
+SECRET_KEY_NAME = re.compile(
+    r"(^|_)(api_?key|secret|password|passwd|credentials?)$|^(hf_|auth_|access_|api_)?token$", re.I
+)
+
+
+def secret_values() -> dict[str, str]:
+    """Environment variables that look like credentials (``WANDB_API_KEY``, ``HF_TOKEN``, ...) and their values."""
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if SECRET_ENV_NAME.search(name)
+        and len(value) >= 8
+        and not value.startswith(("/", "~", "."))  # not paths
+    }
+
+
+def check_no_secrets(config: dict[str, Any]) -> None:
+    """Refuse a config that would write a credential into the run directory (config.yaml, hparams, checkpoints).
+
+    Credentials are read by the libraries from the environment and never belong in a config.
+    """
+    from experiments.config_check import ConfigError
+
+    secrets = secret_values()
+    for key, value in flatten(config).items():
+        leaf = key.rsplit(".", 1)[-1]
+        if (
+            SECRET_KEY_NAME.search(leaf)
+            and value not in (None, "", False)
+            and not isinstance(value, bool | dict)
+        ):
+            raise ConfigError(
+                f"config key '{key}' holds a credential; set it in the environment instead (it is never written to the run directory)"
+            )
+        if isinstance(value, str):
+            for name, secret in secrets.items():
+                if secret in value:
+                    raise ConfigError(
+                        f"config key '{key}' contains the value of ${name}; credentials stay in the environment"
+                    )
 
 
 def overrides_hash(overrides: list[str]) -> str:
@@ -48,7 +92,11 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def config_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     a, b = flatten(stored), flatten(current)
-    return [f"{k}: stored {a.get(k, '<absent>')!r}, now {b.get(k, '<absent>')!r}" for k in sorted(a.keys() | b.keys()) if a.get(k, "<absent>") != b.get(k, "<absent>")]
+    return [
+        f"{k}: stored {a.get(k, '<absent>')!r}, now {b.get(k, '<absent>')!r}"
+        for k in sorted(a.keys() | b.keys())
+        if a.get(k, "<absent>") != b.get(k, "<absent>")
+    ]
 
 
 def check_or_store_config(run_dir: Path, config: dict[str, Any]) -> None:

@@ -73,9 +73,14 @@ class RetrieverModule(L.LightningModule):
         """What determines this module's score before training (for the score cache); None: don't cache."""
         if self.embedder is None:
             return None
-        return {"model": self.embedder.name_or_path, "pooling": self.embedder.pooling,
-                "max_length": self.embedder.max_length, "instructions": self.embedder.instructions,
-                "append_eos": self.embedder.append_eos, "precision": self.eval_precision}
+        return {
+            "model": self.embedder.name_or_path,
+            "pooling": self.embedder.pooling,
+            "max_length": self.embedder.max_length,
+            "instructions": self.embedder.instructions,
+            "append_eos": self.embedder.append_eos,
+            "precision": self.eval_precision,
+        }
 
     def export(self, path: str | Path, model_card: str | None = None) -> Path:
         """Write the trained embedder as a plain HF / sentence-transformers folder."""
@@ -118,7 +123,9 @@ class RetrieverModule(L.LightningModule):
         decay, no_decay = [], []
         for name, param in self.trainable_parameters():
             if name.startswith(FROZEN_PREFIX):
-                raise RuntimeError(f"frozen LM parameter '{name}' requires grad: the frozen LM must stay frozen")
+                raise RuntimeError(
+                    f"frozen LM parameter '{name}' requires grad: the frozen LM must stay frozen"
+                )
             skip = param.ndim < 2 or "norm" in name.lower() or getattr(param, "no_weight_decay", False)
             (no_decay if skip else decay).append(param)
         args = dict(self.optimizer_args)

@@ -21,6 +21,8 @@ def pytest_configure(config):
 
         os.environ["LSR_CACHE_DIR"] = tempfile.mkdtemp(prefix="lsr-test-cache-")
     os.environ["LSR_TINY_MODELS"] = "0"
+    # tiny models: thread start-up costs more than it saves, and DDP tests run 2 processes on 2 cores
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

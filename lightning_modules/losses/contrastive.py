@@ -41,3 +41,32 @@ def other_positive_mask(positive_ids: torch.Tensor, document_ids: torch.Tensor) 
     """
     valid = positive_ids >= 0
     return ((positive_ids.unsqueeze(-1) == document_ids.view(1, 1, -1)) & valid.unsqueeze(-1)).any(dim=1)
+
+
+def multi_positive_info_nce_loss(
+    query_embeddings: torch.Tensor,
+    document_embeddings: torch.Tensor,
+    positive_mask: torch.Tensor,
+    temperature: float = 0.05,
+) -> torch.Tensor:
+    """MIL-NCE (Miech et al., 2020, eq. 1): ``L = −mean_i log( Σ_{p∈P_i} e^{s_ip} / Σ_j e^{s_ij} )``.
+
+    Every in-batch positive of query i counts in the numerator, so the query only has to score *some*
+    gold document high — the right objective for multi-hop data, where one gold paragraph (the bridge)
+    is often not retrievable from the question alone. Queries without a positive in the batch are skipped.
+
+    Args:
+        query_embeddings: ``[Q, H]``; document_embeddings: ``[D, H]``.
+        positive_mask: ``[Q, D]`` bool, True where document j is a positive of query i.
+        temperature: τ, applied once.
+
+    Example: ``q = [[1, 0]]``, ``d = [[1, 0], [0, 1], [-1, 0]]``, both first documents positive, τ = 1:
+    ``L = −log((e + 1) / (e + 1 + e^{-1}))``.
+    """
+    logits = query_embeddings @ document_embeddings.T / temperature
+    has_positive = positive_mask.any(dim=1)
+    if not has_positive.any():
+        raise ValueError("multi_positive_info_nce_loss: no query has a positive document in the batch")
+    numerator = torch.logsumexp(logits.masked_fill(~positive_mask, float("-inf")), dim=1)
+    denominator = torch.logsumexp(logits, dim=1)
+    return (denominator - numerator)[has_positive].mean()

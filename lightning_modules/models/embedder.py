@@ -16,14 +16,16 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 from tqdm.auto import tqdm
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel
 
-from lightning_modules.models.frozen_lm import parse_dtype
+from lightning_modules.models.frozen_lm import load_tokenizer, parse_dtype
 from lightning_modules.models.pooling import POOLINGS, pool
 from lightning_modules.models.registry import resolve_model_path
 
 Kind = Literal["query", "document"]
+ENCODE_PRECISIONS = ("fp32", "float32", "bf16", "bfloat16", "bf16-autocast")
 DEFAULT_LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear"}
 
 
@@ -66,13 +68,15 @@ class Embedder(nn.Module):
         self.max_length = max_length
         self.append_eos = append_eos
         path = resolve_model_path(name_or_path)
-        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
         self.tokenizer.padding_side = "left" if pooling == "last" else "right"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if append_eos and self.tokenizer.eos_token_id is None:
             raise ValueError(f"append_eos=True but the tokenizer of '{name_or_path}' has no EOS token")
-        backbone = AutoModel.from_pretrained(path, dtype=parse_dtype(dtype), trust_remote_code=trust_remote_code)
+        backbone = AutoModel.from_pretrained(
+            path, dtype=parse_dtype(dtype), trust_remote_code=trust_remote_code
+        )
         if gradient_checkpointing:
             backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.lora_config = None
@@ -111,7 +115,7 @@ class Embedder(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Token ids ``[B, T]`` → embeddings ``[B, H]`` (float32, L2-normalised when ``normalize``)."""
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        embeddings = pool(hidden, attention_mask, self.pooling).float()
+        embeddings = pool(hidden.float(), attention_mask, self.pooling)  # fp32 pooling for bf16 weights too
         return F.normalize(embeddings, dim=-1) if self.normalize else embeddings
 
     def embed(self, texts: Sequence[str], kind: Kind) -> torch.Tensor:
@@ -131,8 +135,14 @@ class Embedder(nn.Module):
     ) -> torch.Tensor:
         """Embed many texts without gradients: tokenise once, sort by length, pad per batch.
 
-        ``precision="bf16"`` runs under CPU/GPU bf16 autocast. Returns float32 ``[N, H]`` on CPU, input order.
+        ``precision="bf16"`` runs the backbone on a bf16 copy of its weights, made once per call (LoRA
+        included; autocast under FSDP), pooling in fp32: measured faster than bf16 autocast on CPU, which
+        casts every linear layer's input at every call (``docs/performance.md``). ``"bf16-autocast"`` keeps
+        autocast. Returns float32 ``[N, H]`` on CPU, in input order.
         """
+        if precision not in ENCODE_PRECISIONS:
+            choices = ", ".join(ENCODE_PRECISIONS)
+            raise ValueError(f"unknown encode precision '{precision}' (choose from: {choices})")
         if len(texts) == 0:
             return torch.empty(0, self.dim)
         was_training = self.training
@@ -141,17 +151,36 @@ class Embedder(nn.Module):
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         out = torch.empty(len(ids), self.dim)
         device = self.device
-        autocast = (
-            torch.autocast(device_type=device.type, dtype=torch.bfloat16) if precision in ("bf16", "bfloat16") else nullcontext()
-        )
+        bf16 = precision in ("bf16", "bfloat16", "bf16-autocast")
+        use_autocast = precision == "bf16-autocast" or (bf16 and self.is_sharded())
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_autocast else nullcontext()
+        weights = self.parameters_as(torch.bfloat16) if bf16 and not use_autocast else None
         batches = range(0, len(order), batch_size)
         with autocast:
-            for start in tqdm(batches, desc=desc or f"encode {kind}s", disable=not show_progress, leave=False):
+            for start in tqdm(
+                batches,
+                desc=desc or ("encode queries" if kind == "query" else "encode documents"),
+                disable=not show_progress,
+                leave=False,
+            ):
                 index = order[start : start + batch_size]
                 batch = {k: v.to(device) for k, v in self._pad([ids[i] for i in index]).items()}
-                out[index] = self(**batch).float().cpu()
+                embeddings = (
+                    self(**batch) if weights is None else functional_call(self, weights, kwargs=batch)
+                )
+                out[index] = embeddings.float().cpu()
         self.train(was_training)
         return out
+
+    def is_sharded(self) -> bool:
+        """Whether FSDP manages these parameters (bf16 encoding then uses autocast, not a weight copy)."""
+        names = (type(m).__name__ for m in self.modules())
+        return any("FullyShardedDataParallel" in name or name.startswith("FSDP") for name in names)
+
+    def parameters_as(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """Detached copies of the floating-point parameters in ``dtype``, for ``torch.func.functional_call``
+        (buffers such as rotary frequencies keep their dtype)."""
+        return {name: p.detach().to(dtype) for name, p in self.named_parameters() if p.is_floating_point()}
 
     def encode_queries(self, texts: Sequence[str], **kwargs) -> torch.Tensor:
         return self.encode(texts, "query", **kwargs)
@@ -173,8 +202,15 @@ class Embedder(nn.Module):
         path = Path(path)
         hf_dir = path / "_hf"
         self.merged_backbone().save_pretrained(hf_dir)
-        self.tokenizer.save_pretrained(hf_dir)
-        transformer = Transformer(str(hf_dir), max_seq_length=self.max_length)
+        self.export_tokenizer().save_pretrained(hf_dir)
+        # plain-text modality only: with a chat template, sentence-transformers 6 would otherwise render
+        # every input through it, which is not how this embedder was trained
+        transformer = Transformer(
+            str(hf_dir),
+            max_seq_length=self.max_length,
+            module_output_name="token_embeddings",
+            modality_config={"text": {"method": "forward", "method_output_name": "last_hidden_state"}},
+        )
         transformer.tokenizer.padding_side = self.tokenizer.padding_side
         modes = {"cls": "cls", "mean": "mean", "last": "lasttoken"}
         modules: list[nn.Module] = [transformer, Pooling(self.dim, pooling_mode=modes[self.pooling])]
@@ -191,9 +227,31 @@ class Embedder(nn.Module):
             (path / "README.md").write_text(model_card)
         return path
 
+    def export_tokenizer(self):
+        """A copy of the tokenizer that, when ``append_eos``, appends EOS itself (so plain
+        sentence-transformers / HF users get the inputs this embedder was trained on)."""
+        tokenizer = copy.deepcopy(self.tokenizer)
+        if self.append_eos:
+            from tokenizers import processors
+
+            eos, eos_id = tokenizer.eos_token, tokenizer.eos_token_id
+            append = processors.TemplateProcessing(
+                single=f"$A {eos}", pair=f"$A {eos} $B {eos}", special_tokens=[(eos, eos_id)]
+            )
+            current = tokenizer.backend_tokenizer.post_processor
+            tokenizer.backend_tokenizer.post_processor = (
+                processors.Sequence([current, append]) if current else append
+            )
+        return tokenizer
+
     def export_config(self) -> dict[str, Any]:
         return {
-            "source": self.name_or_path, "pooling": self.pooling, "normalize": self.normalize,
-            "query_instruction": self.instructions["query"], "document_instruction": self.instructions["document"],
-            "max_length": self.max_length, "append_eos": self.append_eos, "lora": self.lora_config,
+            "source": self.name_or_path,
+            "pooling": self.pooling,
+            "normalize": self.normalize,
+            "query_instruction": self.instructions["query"],
+            "document_instruction": self.instructions["document"],
+            "max_length": self.max_length,
+            "append_eos": self.append_eos,
+            "lora": self.lora_config,
         }

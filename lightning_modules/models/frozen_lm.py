@@ -11,12 +11,24 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
 
 from lightning_modules.models.registry import resolve_model_path
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -44,7 +56,7 @@ def load_frozen_lm(
         if not (Path(path) / gguf_file).exists():
             raise FileNotFoundError(f"GGUF file '{gguf_file}' not found in '{path}'")
         kwargs["gguf_file"] = gguf_file
-    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    tokenizer = load_tokenizer(path, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=parse_dtype(dtype), attn_implementation=attn_implementation, **kwargs
     )
@@ -53,6 +65,16 @@ def load_frozen_lm(
     model.requires_grad_(False)
     model.eval()
     return model, tokenizer
+
+
+def load_tokenizer(path: str, **kwargs) -> PreTrainedTokenizerBase:
+    """``AutoTokenizer``, except for the tiny model folders (``tiny-<family>-*``): their word-level tokenizer
+    is loaded as saved. transformers 5 otherwise rebuilds it as the family's own class (tiny-qwen2 becomes a
+    byte-level ``Qwen2Tokenizer`` that encodes "A" to no token and "the river" to six letters)."""
+    folder = Path(path)
+    if folder.name.startswith("tiny-") and (folder / ".complete").exists() and "gguf_file" not in kwargs:
+        return PreTrainedTokenizerFast.from_pretrained(path, **kwargs)
+    return AutoTokenizer.from_pretrained(path, **kwargs)
 
 
 class FrozenCausalLM(nn.Module):
@@ -68,7 +90,9 @@ class FrozenCausalLM(nn.Module):
     ):
         super().__init__()
         self.name_or_path = name_or_path
-        self.model, self.tokenizer = load_frozen_lm(name_or_path, dtype, attn_implementation, gguf_file, trust_remote_code)
+        self.model, self.tokenizer = load_frozen_lm(
+            name_or_path, dtype, attn_implementation, gguf_file, trust_remote_code
+        )
 
     def train(self, mode: bool = True) -> FrozenCausalLM:  # noqa: ARG002 - frozen: always eval
         return super().train(False)

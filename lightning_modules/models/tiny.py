@@ -46,39 +46,69 @@ def word_level_tokenizer(words: list[str], family: str) -> PreTrainedTokenizerFa
     unk = "<unk>" if family == "decoder" else "[UNK]"
     backend = Tokenizer(WordLevel(vocab=vocab, unk_token=unk))
     backend.normalizer = normalizers.Lowercase()
-    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+    )
     if family == "encoder":
         backend.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+            single="[CLS] $A [SEP]",
+            pair="[CLS] $A [SEP] $B [SEP]",
             special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
         )
         return PreTrainedTokenizerFast(
-            tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-            sep_token="[SEP]", mask_token="[MASK]", model_max_length=512,
+            tokenizer_object=backend,
+            unk_token="[UNK]",
+            pad_token="[PAD]",
+            cls_token="[CLS]",
+            sep_token="[SEP]",
+            mask_token="[MASK]",
+            model_max_length=512,
         )
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="<|im_end|>",
-        model_max_length=2048, additional_special_tokens=["<|im_start|>", "<|im_end|>", "</s>"],
+        tokenizer_object=backend,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="<|im_end|>",
+        model_max_length=2048,
+        additional_special_tokens=["<|im_start|>", "<|im_end|>", "</s>"],
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
 
-def tiny_model(family: str, vocab_size: int, seed: int = 0, tokenizer: PreTrainedTokenizerFast | None = None) -> PreTrainedModel:
+def tiny_model(
+    family: str, vocab_size: int, seed: int = 0, tokenizer: PreTrainedTokenizerFast | None = None
+) -> PreTrainedModel:
     """A tiny random model: ``llama`` / ``qwen2`` (causal LM) or ``bert`` (encoder)."""
     torch.manual_seed(seed)
     if family == "bert":
         config = BertConfig(
-            vocab_size=vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-            intermediate_size=128, max_position_embeddings=512, pad_token_id=0,
+            vocab_size=vocab_size,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=128,
+            max_position_embeddings=512,
+            pad_token_id=0,
         )
         return BertModel(config)
     common = dict(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
     )
     if tokenizer is not None:
-        common.update(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+        common.update(
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
     if family == "llama":
         return LlamaForCausalLM(LlamaConfig(**common))
     if family == "qwen2":

@@ -1,0 +1,258 @@
+"""The multi-task DataModule of LLM-Embedder: several task families, homogeneous batches, one eval set.
+
+Each task is configured by a dict (see :func:`load_task_examples`); batches are
+``{"task", "query_ids", "queries", "answers", "keys", "key_ids", "labels"}`` with ``keys`` holding
+``batch_size × group_size`` texts (each query's group together) and ``labels`` a ``[B, G]`` bool tensor, or
+``None`` when the task is label-free. Retrieval evaluation (``callbacks.RetrievalEvaluation``) runs on a
+BEIR folder given by ``eval`` (default: the vendored HotpotQA dev split).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.beir import load_beir_folder
+from datamodules.errors import DataFormatError
+from datamodules.paths import PACKAGE_DIR, resolve_data_path
+from datamodules.records import RetrievalCorpus
+from datamodules.tasks.convsearch import convsearch_from_file, convsearch_from_hub
+from datamodules.tasks.icl import icl_from_file, icl_from_hub
+from datamodules.tasks.long_context import long_context_from_files, long_context_from_hub
+from datamodules.tasks.qa import qa_from_candidates_file, qa_from_hub
+from datamodules.tasks.records import TaskExample
+from datamodules.tasks.sampler import BatchKey, HomogeneousTaskBatchSampler
+from datamodules.tasks.tool import tool_from_files, tool_from_hub
+
+TASK_DATA = {
+    "toolbench_example": PACKAGE_DIR / "data" / "toolbench_example",
+    "qrecc_sample": PACKAGE_DIR / "fixtures" / "task_samples" / "qrecc_sample.jsonl",
+    "icl_sample": PACKAGE_DIR / "fixtures" / "task_samples" / "icl_sample.jsonl",
+    "coriolanus": PACKAGE_DIR / "fixtures" / "long_context" / "coriolanus_act1.txt",
+}
+CONTROL_KEYS = {"kind", "source", "weight", "group_size"}
+TINY_LIMITS = {"qa": {"max_queries": 8}, "icl": {"max_queries": 8}, "lrlm": {"max_queries": 8}}
+
+
+def resolve_task_path(path: str) -> Path:
+    """A task-data alias (``toolbench_example``, ``qrecc_sample``, ``icl_sample``, ``coriolanus``), a data
+    alias (``hotpotqa``, ``tiny_hotpotqa``) or a local path."""
+    return TASK_DATA.get(path) or resolve_data_path(path)
+
+
+def _split_ids(folder: Path, split: str) -> set[str]:
+    qrels = folder / "qrels" / f"{split}.tsv"
+    if not qrels.is_file():
+        raise DataFormatError(qrels, f"split '{split}' not found")
+    lines = qrels.read_text(encoding="utf-8").splitlines()[1:]
+    return {line.split("\t")[0] for line in lines if line.strip()}
+
+
+def load_task_examples(name: str, spec: dict[str, Any], tiny: bool = False) -> list[TaskExample]:
+    """Examples of one configured task.
+
+    ``spec["kind"]`` (default: the task's name) picks the family: ``qa``, ``tool``, ``convsearch``, ``icl``,
+    ``lrlm``; ``spec["source"]`` is ``local`` (default) or ``hub``. The remaining keys are the reader's
+    arguments (e.g. ``path``, ``split``, ``num_candidates``, ``max_queries``). With ``tiny`` (``debug=tiny``)
+    a hub task reads its local sample instead, so every experiment smoke-runs offline.
+    """
+    kind = spec.get("kind", name)
+    source = spec.get("source", "local")
+    args = {k: v for k, v in spec.items() if k not in CONTROL_KEYS}
+    if tiny and source != "local":  # debug=tiny: hub tasks fall back to their small local sample
+        source, args = "local", dict(TINY_LIMITS.get(kind, {}))
+        if kind != "convsearch":
+            args["num_candidates"] = int(spec.get("group_size", 5))
+    where = f"data.tasks.{name}"
+    try:
+        if kind == "qa" and source == "local":
+            path = args.pop("path", "hotpotqa")
+            path = "tiny_hotpotqa" if tiny else path
+            folder = resolve_task_path(path)
+            split = args.pop("split", "train")
+            file = args.pop("file", "qa_candidates.jsonl")
+            return qa_from_candidates_file(folder / file, _split_ids(folder, split), **args)
+        if kind == "qa":
+            return qa_from_hub(**args)
+        if kind == "tool" and source == "local":
+            folder = resolve_task_path(args.pop("path", "toolbench_example"))
+            files = args.pop("files", None) or sorted(p.name for p in folder.glob("*.json"))
+            return tool_from_files([folder / f for f in files], **args)
+        if kind == "tool":
+            return tool_from_hub(**args)
+        if kind == "convsearch" and source == "local":
+            return convsearch_from_file(resolve_task_path(args.pop("path", "qrecc_sample")), **args)
+        if kind == "convsearch":
+            return convsearch_from_hub(**args)
+        if kind == "icl" and source == "local":
+            return icl_from_file(resolve_task_path(args.pop("path", "icl_sample")), **args)
+        if kind == "icl":
+            return icl_from_hub(**args)
+        if kind == "lrlm" and source == "local":
+            paths = args.pop("paths", ["coriolanus"])
+            return long_context_from_files([resolve_task_path(p) for p in paths], **args)
+        if kind == "lrlm":
+            return long_context_from_hub(**args)
+    except TypeError as error:
+        raise ValueError(f"{where}: bad option for a '{kind}' task from '{source}': {error}") from None
+    raise ValueError(
+        f"{where}: unknown kind '{kind}' or source '{source}' (kinds: qa, tool, convsearch, icl, lrlm; "
+        "sources: local, hub)"
+    )
+
+
+class TaskGroupDataset(Dataset):
+    """Item ``(task, i, epoch)``: example i of the task and the candidates of its group.
+
+    With labels, the group is one sampled positive then ``G − 1`` sampled negatives (the reference's
+    ``select_positive="random"``); without, ``G`` candidates sampled in their original order. Sampling
+    is seeded by (seed, epoch, task, i), so a resumed run sees the same groups.
+    """
+
+    def __init__(self, examples: dict[str, list[TaskExample]], group_sizes: dict[str, int], seed: int):
+        self.examples, self.group_sizes, self.seed = examples, group_sizes, seed
+        for task, items in examples.items():
+            size = group_sizes[task]
+            short = [e.query_id for e in items if len(e.candidates) < size]
+            if short:
+                raise DataFormatError(
+                    task,
+                    f"{len(short)} example(s) have fewer than group_size={size} candidates "
+                    f"(first: '{short[0]}'); lower data.tasks.{task}.group_size",
+                )
+            unlabeled = [e.query_id for e in items if e.labels is not None and not any(e.labels)]
+            if unlabeled:
+                raise DataFormatError(task, f"example '{unlabeled[0]}' has labels but no positive candidate")
+
+    def __getitem__(self, key: BatchKey) -> dict[str, Any]:
+        task, index, epoch = key
+        example = self.examples[task][index]
+        size = self.group_sizes[task]
+        rng = random.Random(f"{self.seed}-{epoch}-{task}-{index}")
+        if example.labels is None:
+            group = sorted(rng.sample(range(len(example.candidates)), size))
+        else:
+            positives = [i for i, y in enumerate(example.labels) if y]
+            negatives = [i for i, y in enumerate(example.labels) if not y]
+            first = rng.choice(positives)
+            rest = [i for i in positives + negatives if i != first]
+            pool = negatives if len(negatives) >= size - 1 else rest
+            group = [first, *rng.sample(pool, size - 1)]
+        return {"example": example, "group": group}
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.examples.values())
+
+
+def collate_task_groups(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Texts, ids and labels of one single-task batch."""
+    tasks = {item["example"].task for item in items}
+    if len(tasks) != 1:
+        raise ValueError(f"a batch mixes tasks {sorted(tasks)}: use HomogeneousTaskBatchSampler")
+    examples = [item["example"] for item in items]
+    labeled = all(e.labels is not None for e in examples)
+    return {
+        "task": tasks.pop(),
+        "query_ids": [e.query_id for e in examples],
+        "queries": [e.query for e in examples],
+        "answers": [e.answer for e in examples],
+        "keys": [item["example"].candidates[i] for item in items for i in item["group"]],
+        "key_ids": [item["example"].candidate_ids[i] for item in items for i in item["group"]],
+        "labels": torch.tensor([[item["example"].labels[i] for i in item["group"]] for item in items])
+        if labeled
+        else None,
+    }
+
+
+class MultiTaskDataModule(L.LightningDataModule):
+    """Several LLM-Embedder task families, one task per global batch, and a retrieval eval split.
+
+    Args:
+        tasks: ``{name: spec}``; each spec has the reader options of :func:`load_task_examples` plus
+            ``weight`` (sampling weight, default 1) and ``group_size`` (keys per query, default 5).
+        batch_size: queries per rank per step.
+        eval: ``{"path": BEIR folder or alias, "split": str, "max_queries": int | None}``.
+        steps_per_epoch: optional fixed epoch length.
+        tiny: use the tiny HotpotQA fixture for QA and evaluation (``debug=tiny``).
+    """
+
+    def __init__(
+        self,
+        tasks: dict[str, dict[str, Any]],
+        batch_size: int = 8,
+        eval: dict[str, Any] | None = None,  # noqa: A002 - the config key users write
+        steps_per_epoch: int | None = None,
+        num_workers: int = 0,
+        seed: int = 42,
+        tiny: bool = False,
+    ):
+        super().__init__()
+        if not tasks:
+            raise ValueError("data.tasks is empty: configure at least one task")
+        self.task_specs = {name: dict(spec or {}) for name, spec in tasks.items()}
+        self.batch_size, self.steps_per_epoch, self.num_workers = batch_size, steps_per_epoch, num_workers
+        self.seed, self.tiny = seed, tiny
+        eval = dict(eval or {})
+        self.path = "tiny_hotpotqa" if tiny else eval.get("path", "hotpotqa")
+        self.eval_split = eval.get("split", "dev")
+        self.max_eval_queries = eval.get("max_queries")
+        self.hub_name = None
+        self.corpus: RetrievalCorpus | None = None
+        self.examples: dict[str, list[TaskExample]] = {}
+
+    # ---- data ---------------------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and not self.examples:
+            for name, spec in self.task_specs.items():
+                examples = load_task_examples(name, spec, self.tiny)
+                if not examples:
+                    raise DataFormatError(name, "the task produced no examples")
+                self.examples[name] = examples
+
+    def group_sizes(self) -> dict[str, int]:
+        return {name: int(spec.get("group_size", 5)) for name, spec in self.task_specs.items()}
+
+    def weights(self) -> dict[str, float]:
+        return {name: float(spec.get("weight", 1.0)) for name, spec in self.task_specs.items()}
+
+    def batch_sampler(self, num_replicas: int = 1, rank: int = 0) -> HomogeneousTaskBatchSampler:
+        return HomogeneousTaskBatchSampler(
+            {name: len(items) for name, items in self.examples.items()},
+            self.batch_size,
+            self.weights(),
+            num_replicas=num_replicas,
+            rank=rank,
+            seed=self.seed,
+            steps_per_epoch=self.steps_per_epoch,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = getattr(self, "trainer", None)
+        num_replicas = trainer.world_size if trainer is not None else 1
+        rank = trainer.global_rank if trainer is not None else 0
+        dataset = TaskGroupDataset(self.examples, self.group_sizes(), self.seed)
+        return DataLoader(
+            dataset,
+            batch_sampler=self.batch_sampler(num_replicas, rank),
+            collate_fn=collate_task_groups,
+            num_workers=self.num_workers,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        """One placeholder batch: retrieval evaluation runs in ``callbacks.RetrievalEvaluation``."""
+        return DataLoader([0], batch_size=1)
+
+    # ---- evaluation (the interface RetrievalEvaluation reads) ------------------------------------------------
+    def load_corpus(self) -> RetrievalCorpus:
+        if self.corpus is None:
+            self.corpus = load_beir_folder(resolve_data_path(self.path), [self.eval_split])
+        return self.corpus
+
+    def eval_queries(self) -> list:
+        queries = self.load_corpus().split_queries(self.eval_split)
+        return queries[: self.max_eval_queries] if self.max_eval_queries else queries

@@ -1,0 +1,89 @@
+"""Long-context chunk retrieval (PG-19 / Project Gutenberg style): a book split into chunks; for each
+chunk, retrieve the earlier chunks that best help the LM continue it.
+
+Query: chunk ``i``. Desired output: the first ``continuation_words`` words of chunk ``i+1``. Candidates: the
+``num_candidates`` chunks before chunk ``i`` (nearest first). No labels: the teacher
+(``−NLL(continuation | earlier chunk, chunk i)``) decides, distilled with KL (τ_t 0.1) as in the reference.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from datamodules.errors import DataFormatError
+from datamodules.tasks.records import TaskExample
+
+PG19_HUB = "deepmind/pg19"
+
+
+def split_words(text: str, chunk_words: int) -> list[str]:
+    words = text.split()
+    return [" ".join(words[i : i + chunk_words]) for i in range(0, len(words), chunk_words)]
+
+
+def chunk_examples(
+    book_id: str, text: str, chunk_words: int = 96, continuation_words: int = 24, num_candidates: int = 5
+) -> list[TaskExample]:
+    """Examples for every chunk with at least ``num_candidates`` earlier chunks and a following chunk."""
+    chunks = split_words(text, chunk_words)
+    examples = []
+    for i in range(num_candidates, len(chunks) - 1):
+        earlier = list(range(i - 1, i - 1 - num_candidates, -1))
+        continuation = " ".join(chunks[i + 1].split()[:continuation_words])
+        examples.append(
+            TaskExample(
+                task="lrlm",
+                query_id=f"{book_id}-{i}",
+                query=chunks[i],
+                answers=(continuation,),
+                candidates=tuple(chunks[j] for j in earlier),
+                candidate_ids=tuple(f"{book_id}-{j}" for j in earlier),
+            )
+        )
+    return examples
+
+
+def long_context_from_files(
+    paths: list[str | Path],
+    chunk_words: int = 96,
+    continuation_words: int = 24,
+    num_candidates: int = 5,
+    max_queries: int | None = None,
+) -> list[TaskExample]:
+    """Plain-text books (UTF-8), one file each; ``max_queries`` keeps the first examples."""
+    examples = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise DataFormatError(path, "file not found")
+        found = chunk_examples(
+            path.stem, path.read_text(encoding="utf-8"), chunk_words, continuation_words, num_candidates
+        )
+        if not found:
+            raise DataFormatError(
+                path, f"too short: needs more than {num_candidates + 1} chunks of {chunk_words} words"
+            )
+        examples.extend(found)
+    return examples[:max_queries] if max_queries else examples
+
+
+def long_context_from_hub(
+    split: str = "train",
+    max_books: int = 4,
+    chunk_words: int = 96,
+    continuation_words: int = 24,
+    num_candidates: int = 5,
+    max_chunks_per_book: int = 200,
+) -> list[TaskExample]:
+    """PG-19 books (``deepmind/pg19``: ``short_book_title``, ``text``) streamed with ``datasets``."""
+    from datasets import load_dataset
+
+    examples = []
+    for index, row in enumerate(load_dataset(PG19_HUB, split=split, streaming=True)):
+        if index >= max_books:
+            break
+        words = row["text"].split()[: chunk_words * (max_chunks_per_book + num_candidates + 1)]
+        examples.extend(
+            chunk_examples(f"pg19-{index}", " ".join(words), chunk_words, continuation_words, num_candidates)
+        )
+    return examples

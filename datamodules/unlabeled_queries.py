@@ -1,0 +1,109 @@
+"""Unlabeled training queries (LLM2Vec-Gen trains on queries alone) with the usual retrieval eval split.
+
+Training batches are ``{"query_ids": [...], "queries": [...]}``; evaluation (corpus, eval split) comes from
+:class:`RetrievalDataModule` unchanged, so the retrieval callback works as for every other method.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.errors import DataFormatError
+from datamodules.jsonl import read_jsonl, require_field
+from datamodules.records import Query
+from datamodules.retrieval import EpochAwareSampler, RetrievalDataModule
+
+QUERY_SETS = {"nq_open": Path(__file__).resolve().parent / "data" / "nq_open" / "queries.jsonl"}
+TRAIN_SPLIT_QUERIES = "train_split"
+
+
+def load_unlabeled_queries(path: str | Path) -> list[Query]:
+    """Queries from a JSONL file of ``{"_id": str, "text": str}`` objects (BEIR ``queries.jsonl`` layout).
+
+    Raises :class:`DataFormatError` naming file, line and field for a missing/ill-typed field, an empty
+    text or a duplicate id.
+    """
+    path = Path(path)
+    queries: list[Query] = []
+    seen: dict[str, int] = {}
+    for line, obj in read_jsonl(path):
+        query_id = require_field(obj, "_id", str, path, line)
+        text = require_field(obj, "text", str, path, line)
+        if not text.strip():
+            raise DataFormatError(path, "empty query text", line, "text")
+        if query_id in seen:
+            raise DataFormatError(
+                path, f"duplicate query id '{query_id}' (first on line {seen[query_id]})", line, "_id"
+            )
+        seen[query_id] = line
+        queries.append(Query(query_id, text))
+    if not queries:
+        raise DataFormatError(path, "no queries")
+    return queries
+
+
+class QueryDataset(Dataset):
+    def __init__(self, queries: list[Query]):
+        self.queries = queries
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    def __getitem__(self, key: tuple[int, int] | int) -> Query:
+        index = key[0] if isinstance(key, tuple) else key
+        return self.queries[index]
+
+
+def collate_queries(items: list[Query]) -> dict[str, Any]:
+    return {"query_ids": [q.query_id for q in items], "queries": [q.text for q in items]}
+
+
+class UnlabeledQueryDataModule(RetrievalDataModule):
+    """Unlabeled queries for training; the corpus and eval split of ``path`` for evaluation.
+
+    Args:
+        queries: ``nq_open`` (the vendored 1,000-question NQ-open sample), a JSONL file of
+            ``{"_id", "text"}``, or ``train_split``: the question texts of ``path``'s train split (no
+            labels are read). ``tiny`` (debug=tiny) forces ``train_split`` of the tiny fixture, whose
+            words the tiny models' tokenizer knows.
+        max_train_queries: keep a seeded random sample of this many queries (None: all).
+        **kwargs: :class:`RetrievalDataModule` arguments (``path``, ``eval_split``, ``batch_size``, ...).
+    """
+
+    def __init__(self, queries: str = "nq_open", max_train_queries: int | None = None, **kwargs: Any):
+        kwargs.setdefault("negatives", "random")
+        super().__init__(**kwargs)
+        self.queries_source = TRAIN_SPLIT_QUERIES if kwargs.get("tiny") else queries
+        self.max_unlabeled = max_train_queries
+        self.train_queries: list[Query] = []
+
+    def setup(self, stage: str | None = None) -> None:
+        corpus = self.load_corpus()
+        if stage in (None, "fit") and not self.train_queries:
+            if self.queries_source == TRAIN_SPLIT_QUERIES:
+                queries = [Query(q.query_id, q.text) for q in corpus.split_queries(self.train_split)]
+            else:
+                queries = load_unlabeled_queries(
+                    QUERY_SETS.get(self.queries_source, Path(self.queries_source).expanduser())
+                )
+            if self.max_unlabeled is not None and self.max_unlabeled < len(queries):
+                chosen = sorted(
+                    random.Random(f"{self.seed}-queries").sample(range(len(queries)), self.max_unlabeled)
+                )
+                queries = [queries[i] for i in chosen]
+            self.train_queries = queries
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = QueryDataset(self.train_queries)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=EpochAwareSampler(len(dataset), self.seed),
+            collate_fn=collate_queries,
+            num_workers=self.num_workers,
+            drop_last=len(dataset) >= self.batch_size,
+        )

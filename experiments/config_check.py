@@ -1,0 +1,323 @@
+"""Check a composed config before anything runs: every mistake is named with its key and the valid choices.
+
+- Unknown or typo'd keys, on the command line or inside an experiment file: the message lists the valid
+  keys at that level (and the closest match). Sections with a ``_target_`` are checked against the
+  target's constructor; a method's ``embedder`` / ``frozen_lm`` / ``optimizer`` / ``scheduler`` dicts
+  against :class:`Embedder`, :class:`FrozenCausalLM`, AdamW and the scheduler options.
+- Incompatible options: FSDP / DeepSpeed or a GPU accelerator without a GPU, fp16 on CPU.
+- Required values left at ``???`` (e.g. ``data.path`` of ``data=beir_local``).
+- Missing model files: a ``name_or_path`` that is neither a registry alias, a complete local folder, nor a
+  model in the local Hugging Face cache while hub downloads are off.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import os
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from experiments import CONFIG_DIR
+
+HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
+GROUPS = ("model", "data", "trainer", "logger", "callbacks")
+MODEL_ALIASES = {"smollm2-135m-instruct", "all-minilm-l6-v2"}
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json", "*.gguf", "*.pt")
+_CLOSED_MODULES = ("lightning", "pytorch_lightning", "torch")  # their __init__(**kwargs) reject unknown keys
+
+
+class ConfigError(ValueError):
+    """A config key, value or combination the run cannot use; the message says what to change."""
+
+
+# ---- composing with helpful errors ------------------------------------------------------------------------
+def compose_checked(overrides: list[str]) -> DictConfig:
+    """``hydra.compose`` of the root config, turning Hydra's errors into :class:`ConfigError` messages."""
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return compose(config_name="config", overrides=overrides)
+    except MissingConfigException as err:
+        raise ConfigError(explain_missing_group_option(err)) from None
+    except ConfigCompositionException as err:
+        raise ConfigError(explain_bad_override(overrides, err) or str(err)) from None
+
+
+def explain_missing_group_option(err: MissingConfigException) -> str:
+    text = str(err)
+    match = re.search(r"Could not find '([^'/]+)/([^']+)'", text)
+    options = re.findall(r"^\t(\S+)$", text.split("Config search path")[0], flags=re.M)
+    if not match:
+        return text
+    group, name = match.groups()
+    what = "experiment" if group == "exp" else f"'{group}' option"
+    hint = difflib.get_close_matches(name, options, n=1)
+    return (
+        f"unknown {what} '{name}' (no experiments/{group}/{name}.yaml)."
+        + (f" Did you mean '{hint[0]}'?" if hint else "")
+        + f" Available: {', '.join(options)}"
+    )
+
+
+def explain_bad_override(overrides: list[str], err: ConfigCompositionException) -> str | None:
+    """For ``Could not override 'a.b.c'``: the valid keys under ``a.b`` (composed without the bad override)."""
+    match = re.search(r"Could not (?:override|append to|delete from) '([^']+)'", str(err))
+    if not match:
+        return None
+    full_key = match.group(1)
+    rest = [
+        o for o in overrides if not o.lstrip("+~").startswith(full_key + "=") and o.lstrip("+~") != full_key
+    ]
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            base = compose(config_name="config", overrides=rest)
+    except Exception:  # the other overrides are broken too: report Hydra's own message
+        return None
+    parts = full_key.split(".")
+    node: Any = base
+    depth = 0
+    while depth < len(parts) - 1 and isinstance(node, DictConfig) and parts[depth] in node:
+        node = node[parts[depth]]
+        depth += 1
+    if not isinstance(node, DictConfig):
+        return f"'{'.'.join(parts[:depth])}' is a value, not a section: cannot set '{full_key}'"
+    return unknown_key_message(".".join(parts[:depth]), parts[depth], list(node.keys()))
+
+
+def unknown_key_message(section: str, key: str, valid: list[str]) -> str:
+    where = f"{section}.{key}" if section else key
+    hint = difflib.get_close_matches(key, [str(v) for v in valid], n=1)
+    return (
+        f"unknown config key '{where}'."
+        + (f" Did you mean '{hint[0]}'?" if hint else "")
+        + f" Valid keys under '{section or '<root>'}': {', '.join(sorted(str(v) for v in valid))}"
+    )
+
+
+# ---- checking a composed config ---------------------------------------------------------------------------
+def check_config(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` for the first problem found (unknown keys, missing values, bad combinations)."""
+    check_required_values(cfg)
+    check_root_keys(cfg)
+    for group in ("model", "data", "trainer"):
+        if cfg.get(group) is not None:
+            check_target_section(group, cfg[group])
+    for name, spec in (cfg.get("callbacks") or {}).items():
+        if spec is not None:
+            check_target_section(f"callbacks.{name}", spec)
+    check_logger(cfg.get("logger") or {})
+    if cfg.get("model") is not None:
+        check_method_sections(cfg.model)
+    check_hardware(cfg.trainer)
+    if not cfg.get("tiny_models"):
+        check_data_source(cfg.get("data"))
+        offline = bool(cfg.get("offline", True)) or os.environ.get("HF_HUB_OFFLINE") == "1"
+        check_model_files(cfg, offline)
+
+
+def check_required_values(cfg: DictConfig) -> None:
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as err:
+        key = getattr(err, "full_key", None) or str(err)
+        raise ConfigError(
+            f"config key '{key}' has no value (???): set it, e.g. on the command line {key}=..."
+        ) from None
+
+
+def root_keys() -> set[str]:
+    root = yaml.safe_load((CONFIG_DIR / "config.yaml").read_text()) or {}
+    return {k for k in root if k not in ("defaults", "hydra")} | set(GROUPS)
+
+
+def check_root_keys(cfg: DictConfig) -> None:
+    valid = root_keys()
+    for key in cfg:
+        if key not in valid:
+            raise ConfigError(unknown_key_message("", str(key), sorted(valid)))
+
+
+def resolve_target(path: str) -> Callable[..., Any]:
+    module_name, _, attribute = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"_target_ '{path}' cannot be imported ({type(err).__name__}: {err})") from None
+
+
+def accepted_keys(target: Callable[..., Any]) -> set[str] | None:
+    """The keyword arguments ``target`` accepts; None when it takes ``**kwargs`` that cannot be traced."""
+    keys: set[str] = set()
+    chain = [c for c in target.__mro__ if "__init__" in vars(c)] if isinstance(target, type) else [target]
+    for owner in chain:
+        function = owner.__init__ if isinstance(target, type) else owner
+        try:
+            parameters = inspect.signature(function).parameters.values()
+        except (TypeError, ValueError):
+            return None
+        keys |= {
+            p.name
+            for p in parameters
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"
+        }
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+            return keys
+        if getattr(owner, "__module__", "").split(".")[0] in _CLOSED_MODULES:
+            return keys  # **kwargs forwarded to torch.nn.Module / Lightning, which accept no extra keys
+    return None
+
+
+def check_keys(section: str, given: list[str], valid: set[str] | None) -> None:
+    if valid is None:
+        return
+    for key in given:
+        if key not in valid and key not in HYDRA_KEYS:
+            raise ConfigError(unknown_key_message(section, key, sorted(valid)))
+
+
+def check_target_section(section: str, node: Any) -> None:
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        return
+    target = resolve_target(str(node._target_))
+    check_keys(section, [str(k) for k in node.keys()], accepted_keys(target))
+
+
+def check_logger(logger: Any) -> None:
+    from experiments.loggers import wandb_logger
+
+    check_keys("logger", [str(k) for k in logger.keys()], {"wandb"})
+    if logger.get("wandb"):
+        check_keys(
+            "logger.wandb",
+            [str(k) for k in logger.wandb.keys()],
+            (accepted_keys(wandb_logger) or set()) - {"save_dir", "run_id"},
+        )
+
+
+def check_method_sections(model: DictConfig) -> None:
+    """The dicts every :class:`RetrieverModule` turns into objects: embedder, frozen_lm, optimizer, scheduler."""
+    from lightning_modules.base import DEFAULT_SCHEDULER, RetrieverModule
+    from lightning_modules.models.embedder import Embedder
+    from lightning_modules.models.frozen_lm import FrozenCausalLM
+
+    target = resolve_target(str(model.get("_target_", "")))
+    if not (isinstance(target, type) and issubclass(target, RetrieverModule)):
+        return
+    adamw = (accepted_keys(torch.optim.AdamW) or set()) - {"params"}
+    nested = {
+        "embedder": accepted_keys(Embedder),
+        "frozen_lm": accepted_keys(FrozenCausalLM),
+        "optimizer": adamw,
+        "scheduler": set(DEFAULT_SCHEDULER),
+    }
+    for key, valid in nested.items():
+        if isinstance(model.get(key), DictConfig):
+            check_keys(f"model.{key}", [str(k) for k in model[key].keys()], valid)
+
+
+def check_data_source(data: Any) -> None:
+    if (
+        isinstance(data, DictConfig)
+        and "path" in data
+        and data.get("path") is None
+        and not data.get("hub_name")
+    ):
+        raise ConfigError(
+            "data.path is not set: point it at a BEIR folder (corpus.jsonl, queries.jsonl, "
+            "qrels/<split>.tsv), e.g. data.path=/data/scifact, or set data.hub_name"
+        )
+
+
+def check_hardware(trainer: DictConfig) -> None:
+    """The trainer's accelerator, strategy, devices and precision against this machine.
+
+    Delegates to :func:`experiments.trainer_checks.check_trainer_options` (the multi-device trainer configs
+    run the same check when the Trainer is built), so every trainer config, ``trainer=cpu`` included,
+    is checked before any model is loaded; adds DeepSpeed, which needs GPUs as well.
+    """
+    from experiments.trainer_checks import TrainerConfigError, check_trainer_options
+
+    strategy = trainer.get("strategy", "auto")
+    if isinstance(
+        strategy, DictConfig
+    ):  # a strategy object from its _target_ (e.g. the project's FSDP strategy)
+        target = str(strategy.get("_target_", "auto")).rsplit(".", 1)[-1].lower()
+        strategy = "fsdp" if "fsdp" in target else target.removesuffix("strategy")
+    strategy = str(strategy)
+    accelerator = str(trainer.get("accelerator", "auto")).lower()
+    if "deepspeed" in strategy.lower() and (accelerator == "cpu" or not torch.cuda.is_available()):
+        raise ConfigError(
+            f"trainer.strategy={strategy} needs CUDA GPUs, but the run is on CPU "
+            f"(trainer.accelerator={accelerator}, CUDA available: {torch.cuda.is_available()}). "
+            "Use trainer=cpu (one process) or trainer=ddp_cpu."
+        )
+    try:
+        check_trainer_options(
+            accelerator=accelerator,
+            devices=trainer.get("devices", "auto"),
+            strategy=strategy,
+            precision=str(trainer.get("precision", "32-true")),
+        )
+    except TrainerConfigError as err:
+        raise ConfigError(str(err)) from None
+
+
+# ---- model files ----------------------------------------------------------------------------------------------
+def model_references(node: Any, prefix: str = "") -> Iterator[tuple[str, str, Any]]:
+    """``(key, name_or_path, parent node)`` for every ``name_or_path`` in the config."""
+    if isinstance(node, DictConfig):
+        for key, value in node.items():
+            where = f"{prefix}{key}"
+            if key == "name_or_path" and isinstance(value, str):
+                yield where, value, node
+            else:
+                yield from model_references(value, where + ".")
+
+
+def check_model_files(cfg: DictConfig, offline: bool = True) -> None:
+    for key, name, parent in model_references(cfg.get("model"), "model."):
+        problem = model_problem(name, gguf_file=parent.get("gguf_file"), offline=offline)
+        if problem:
+            raise ConfigError(f"{key}='{name}': {problem}")
+
+
+def model_problem(name: str, gguf_file: str | None = None, offline: bool = True) -> str | None:
+    """Why ``name`` cannot be loaded offline, or None when it can (as far as a cheap check can tell)."""
+    if name in MODEL_ALIASES or name.startswith("tiny-"):
+        return None
+    path = Path(name).expanduser()
+    looks_local = name.startswith((".", "/", "~")) or path.exists()
+    if looks_local:
+        if not path.is_dir():
+            return "model folder not found"
+        if gguf_file is not None:
+            return (
+                None if (path / gguf_file).is_file() else f"GGUF file '{gguf_file}' not found in the folder"
+            )
+        if not (path / "config.json").is_file():
+            return "the folder has no config.json (not a Hugging Face model folder)"
+        if not any(any(path.glob(pattern)) for pattern in WEIGHT_FILES):
+            return f"the folder has no weights file ({', '.join(WEIGHT_FILES)})"
+        return None
+    if offline:
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return (
+                "not a registry alias ("
+                + ", ".join(sorted(MODEL_ALIASES))
+                + ", tiny-*), not a local folder, "
+                "and not in the Hugging Face cache; hub downloads are off (offline: true / HF_HUB_OFFLINE=1). "
+                "Point it at a local model folder or use an alias."
+            )
+    return None

@@ -1,0 +1,123 @@
+"""The frozen LM's target NLL under a DREAM bias, with the document prefix run once without gradient."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from transformers import PreTrainedModel
+
+from lightning_modules.dream.attention import DreamBias
+from lightning_modules.dream.inputs import IGNORE_INDEX, DreamInputs, block_diagonal_mask
+
+
+def target_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-token NLL ``[B, S]`` of ``labels`` under ``logits [B, S, V]`` (0 where ``labels == -100``)."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    safe = labels.clamp(min=0)
+    nll = -log_probs.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    return nll * (labels != IGNORE_INDEX)
+
+
+def mean_target_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean NLL over all target tokens of the batch (the DREAM loss: target tokens only)."""
+    count = (labels != IGNORE_INDEX).sum()
+    if count == 0:
+        raise ValueError("the batch has no target token to score")
+    return target_token_nll(logits, labels).sum() / count
+
+
+def per_example_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean target NLL of each row ``[B]``."""
+    count = (labels != IGNORE_INDEX).sum(dim=1).clamp(min=1)
+    return target_token_nll(logits, labels).sum(dim=1) / count
+
+
+@torch.no_grad()
+def encode_documents_prefix(model: PreTrainedModel, inputs: DreamInputs, block_diagonal: bool = False):
+    """Run the document prefix once without gradient; return its key/value cache.
+
+    Exact: the DREAM bias only touches query positions after the documents, so the prefix's keys and
+    values do not depend on the retriever scores.
+    """
+    prefix = slice(0, inputs.context_length)
+    mask = (
+        block_diagonal_mask(inputs)[:, :, prefix, prefix]
+        if block_diagonal
+        else inputs.attention_mask[:, prefix]
+    )
+    output = model(
+        input_ids=inputs.input_ids[:, prefix],
+        attention_mask=mask,
+        position_ids=inputs.position_ids[:, prefix],
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return output.past_key_values
+
+
+def suffix_logits(
+    model: PreTrainedModel,
+    inputs: DreamInputs,
+    key_bias: torch.Tensor,
+    heads: dict[int, tuple[int, ...]],
+    document_cache=None,
+    block_diagonal: bool = False,
+) -> torch.Tensor:
+    """Logits ``[B, S, V]`` of the positions after the documents under the DREAM bias ``key_bias [B, P]``.
+
+    With ``document_cache`` (from :func:`encode_documents_prefix`; it is consumed) only prompt and target
+    run here; without it the whole sequence runs in one pass (the reference the cache path must equal).
+    """
+    dream_bias = DreamBias(key_bias=key_bias, context_length=inputs.context_length, heads=heads)
+    suffix = slice(inputs.context_length, None)
+    if document_cache is not None:
+        output = model(
+            input_ids=inputs.input_ids[:, suffix],
+            attention_mask=inputs.attention_mask,
+            position_ids=inputs.position_ids[:, suffix],
+            past_key_values=document_cache,
+            use_cache=True,
+            dream_bias=dream_bias,
+        )
+        return output.logits
+    mask = block_diagonal_mask(inputs) if block_diagonal else inputs.attention_mask
+    output = model(
+        input_ids=inputs.input_ids,
+        attention_mask=mask,
+        position_ids=inputs.position_ids,
+        use_cache=False,
+        dream_bias=dream_bias,
+        logits_to_keep=inputs.suffix_length,
+    )
+    return output.logits
+
+
+def dream_lm_loss(
+    model: PreTrainedModel,
+    inputs: DreamInputs,
+    key_bias: torch.Tensor,
+    heads: dict[int, tuple[int, ...]],
+    reuse_document_cache: bool = True,
+    block_diagonal: bool = False,
+) -> torch.Tensor:
+    """Mean target NLL of the frozen LM with the DREAM bias; differentiable in ``key_bias``."""
+    cache = encode_documents_prefix(model, inputs, block_diagonal) if reuse_document_cache else None
+    logits = suffix_logits(model, inputs, key_bias, heads, cache, block_diagonal)
+    return mean_target_nll(logits, inputs.labels)
+
+
+def copy_cache(cache):
+    """An independent copy of a key/value cache (a suffix pass appends to the cache it is given)."""
+    return copy.deepcopy(cache)
+
+
+__all__ = [
+    "copy_cache",
+    "dream_lm_loss",
+    "encode_documents_prefix",
+    "mean_target_nll",
+    "per_example_nll",
+    "suffix_logits",
+    "target_token_nll",
+]

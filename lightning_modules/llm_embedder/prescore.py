@@ -1,0 +1,63 @@
+"""Compute (or confirm cached) teacher scores for an experiment's training data, without training.
+
+``python -m lightning_modules.llm_embedder.prescore exp=llm_embedder_tiny [overrides]`` (``make
+llm-embedder-score``) loads only the data and the frozen LM, scores every candidate of every task that
+distils, prints the seconds and how many scores were already cached, and exits. Training runs of the same
+experiment (or any experiment with the same LM, template, reward and texts) then read the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from experiments import CONFIG_DIR
+from experiments.train import prepare_environment
+from lightning_modules.llm_embedder.teacher import ScoringItem, TeacherScorer
+from lightning_modules.llm_embedder.templates import task_settings
+from lightning_modules.models.frozen_lm import FrozenCausalLM
+
+
+def prescore(overrides: list[str]) -> dict:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    prepare_environment(cfg)
+    model_cfg = cfg.model
+    if model_cfg.get("frozen_lm") is None:
+        raise ValueError("this experiment has no frozen LM (model.frozen_lm is null): nothing to score")
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.setup("fit")
+    start = time.perf_counter()
+    lm = FrozenCausalLM(**model_cfg.frozen_lm)
+    load_seconds = time.perf_counter() - start
+    scorer = TeacherScorer(lm, **dict(model_cfg.teacher))
+    settings = task_settings(dict(model_cfg.get("tasks") or {}))
+    report = {"reward": scorer.reward, "lm_load_seconds": round(load_seconds, 2), "tasks": {}}
+    for name, examples in datamodule.examples.items():
+        task = examples[0].task  # the task family of this data set
+        if task not in settings or not settings[task].uses_teacher:
+            continue
+        items = [ScoringItem(c, e.query, e.answer) for e in examples for c in e.candidates]
+        _, part = scorer.score(settings[task].template, items)
+        report["tasks"][name] = {
+            "task": task,
+            "queries": len(examples),
+            "items": part.items,
+            "cached_before": part.cached,
+            "scored": part.scored,
+            "seconds": round(part.seconds, 2),
+            "cache_dir": str(scorer.cache(settings[task].template).directory),
+        }
+    return report
+
+
+def main() -> None:
+    print(json.dumps(prescore(sys.argv[1:]), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""Teacher and student as rerankers of a first-stage embedder's top-k, next to that embedder's own score.
+
+:class:`RerankEvaluation` runs at every validation after :class:`callbacks.RetrievalEvaluation` (which
+scores the student over the whole corpus). The first stage (the *starting embedder*) and the teacher do
+not change during training: they are computed once per process and cached on disk keyed by embedder,
+LM, prompt, data and k. The student's reranking of the same candidates is recomputed each time.
+Logs ``val/first_stage_ndcg@10``, ``val/teacher_rerank_ndcg@10``, ``val/student_rerank_ndcg@10`` and writes
+``<run>/eval/rerank_step_<N>.json``; :meth:`RerankEvaluation.results_summary` goes into ``results.json``.
+Reranked runs hold only k documents per query, so their recall@100 is recall@k.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from callbacks.metrics import evaluate_run
+from callbacks.search import exact_top_k
+from lightning_modules.models.cache import cache_root, save_tensors_atomically, write_json_atomically
+from lightning_modules.models.embedder import Embedder
+from lightning_modules.models.registry import resolve_model_path
+from lightning_modules.rabtriever.reranker import rerank_top_k, teacher_pair_scorer
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _cached(name: str, key: Any, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """``compute()`` → dict of tensors, through ``<cache>/rabtriever/<name>-<digest(key)>.pt``."""
+    path = cache_root() / "rabtriever" / f"{name}-{_digest(key)}.pt"
+    if path.exists():
+        return dict(torch.load(path, weights_only=True))
+    value = compute()
+    save_tensors_atomically(path, value)
+    return dict(value)
+
+
+class RerankEvaluation(L.Callback):
+    """Evaluate first stage, teacher reranking and student reranking on the evaluation split.
+
+    Args:
+        first_stage: :class:`Embedder` keyword arguments of the starting embedder whose top-k is reranked.
+        top_k: candidates reranked per query.
+        encode_batch_size / encode_precision: first-stage encoding settings.
+        teacher: also rerank with the teacher (the expensive part: ``Q × k`` LM passes, cached on disk).
+    """
+
+    def __init__(
+        self,
+        first_stage: dict[str, Any],
+        top_k: int = 20,
+        encode_batch_size: int = 64,
+        encode_precision: str = "fp32",
+        teacher: bool = True,
+    ):
+        self.first_stage = dict(first_stage)
+        self.top_k = top_k
+        self.encode_batch_size = encode_batch_size
+        self.encode_precision = encode_precision
+        self.teacher = teacher
+        self._fixed: dict[str, Any] | None = None
+        self.history: list[dict[str, Any]] = []
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        dm = trainer.datamodule
+        corpus = dm.load_corpus()
+        queries = dm.eval_queries()
+        query_ids, query_texts = [q.query_id for q in queries], [q.text for q in queries]
+        doc_ids = corpus.doc_ids
+        doc_texts = [corpus.corpus[d].as_text() for d in doc_ids]
+        qrels = {q: corpus.qrels[dm.eval_split][q] for q in query_ids}
+        if self._fixed is None:
+            data_key = {
+                "data": dm.hub_name or str(dm.path),
+                "split": dm.eval_split,
+                "queries": query_ids,
+                "documents": _digest(doc_ids),
+            }
+            self._fixed = self._first_stage_and_teacher(pl_module, query_texts, doc_texts, data_key)
+            for entry in self._fixed.values():
+                entry["metrics"] = evaluate_run(
+                    to_run(query_ids, doc_ids, entry["scores"], entry["indices"]), qrels
+                )[0]
+        candidates = self._fixed["first_stage"]["indices"]
+
+        start = time.perf_counter()
+        stored = pl_module.corpus_states(doc_texts)
+        with torch.no_grad():
+            query_states = pl_module.query_states(query_texts)
+            student = (
+                pl_module.student_scores(query_states[:, None], stored[candidates].to(pl_module.device))
+                .float()
+                .cpu()
+            )
+        order = student.argsort(dim=1, descending=True, stable=True)
+        student_run = to_run(query_ids, doc_ids, student.gather(1, order), candidates.gather(1, order))
+        student_seconds = round(time.perf_counter() - start, 2)
+
+        metrics = {name: entry["metrics"] for name, entry in self._fixed.items()}
+        metrics["student_rerank"] = evaluate_run(student_run, qrels)[0]
+        record = {
+            "step": trainer.global_step,
+            "top_k": self.top_k,
+            "first_stage": self.first_stage,
+            "metrics": metrics,
+            "seconds": {name: entry["seconds"] for name, entry in self._fixed.items()}
+            | {"student_rerank": student_seconds},
+            "document_state_seconds": pl_module.document_state_seconds,
+        }
+        self.history.append(record)
+        for name, values in metrics.items():
+            pl_module.log(f"val/{name}_ndcg@10", values["ndcg@10"], rank_zero_only=False)
+        if trainer.is_global_zero:
+            write_json_atomically(
+                Path(trainer.default_root_dir) / "eval" / f"rerank_step_{trainer.global_step:06d}.json",
+                record,
+            )
+            rank_zero_info(
+                "[rerank eval] " + ", ".join(f"{n} ndcg@10 {m['ndcg@10']:.4f}" for n, m in metrics.items())
+            )
+
+    def results_summary(self) -> dict[str, Any]:
+        """The last record (for ``results.json``): first stage, teacher and student reranking metrics."""
+        return {"rerank": self.history[-1]} if self.history else {}
+
+    def _first_stage_and_teacher(
+        self, pl_module: L.LightningModule, query_texts: list[str], doc_texts: list[str], data_key: dict
+    ) -> dict[str, Any]:
+        key = {
+            "first_stage": self.first_stage,
+            "resolved": resolve_model_path(self.first_stage["name_or_path"]),  # differs under debug=tiny
+            "precision": self.encode_precision,
+            "k": self.top_k,
+            **data_key,
+        }
+
+        def encode() -> dict[str, torch.Tensor]:
+            start = time.perf_counter()
+            embedder = Embedder(**self.first_stage)
+            documents = embedder.encode_documents(
+                doc_texts, batch_size=self.encode_batch_size, precision=self.encode_precision
+            )
+            queries = embedder.encode_queries(
+                query_texts, batch_size=self.encode_batch_size, precision=self.encode_precision
+            )
+            scores, indices = exact_top_k(queries, documents, self.top_k)
+            return {
+                "scores": scores,
+                "indices": indices,
+                "seconds": torch.tensor(time.perf_counter() - start),
+            }
+
+        fixed = {"first_stage": _cached("first-stage", key, encode)}
+        if self.teacher:
+            lm = pl_module.lm
+            teacher_key = {
+                **key,
+                "lm": pl_module.lm_identity(),
+                "prompt": repr(lm.prompt),
+                "lm_precision": pl_module.lm_precision,
+                "K": lm.num_document_states,
+            }
+
+            def teacher() -> dict[str, torch.Tensor]:
+                start = time.perf_counter()
+                scorer = teacher_pair_scorer(lm, pl_module.lm_batch_size, pl_module.lm_precision)
+                scores, indices = rerank_top_k(
+                    scorer, query_texts, doc_texts, fixed["first_stage"]["indices"]
+                )
+                return {
+                    "scores": scores,
+                    "indices": indices,
+                    "seconds": torch.tensor(time.perf_counter() - start),
+                }
+
+            fixed["teacher_rerank"] = _cached("teacher-rerank", teacher_key, teacher)
+        for entry in fixed.values():
+            entry["seconds"] = round(float(entry["seconds"]), 2)
+        return fixed
+
+
+def to_run(
+    query_ids: list[str], doc_ids: list[str], scores: torch.Tensor, indices: torch.Tensor
+) -> dict[str, dict[str, float]]:
+    """A trec-style run ``{query_id: {doc_id: score}}`` from ``[Q, k]`` scores and corpus indices."""
+    return {
+        q: {doc_ids[int(i)]: float(s) for s, i in zip(scores[row], indices[row])}
+        for row, q in enumerate(query_ids)
+    }

@@ -1,0 +1,249 @@
+"""Rabtriever: distil a generative reranker into an independently-encoding retriever (../shared/METHODS.md).
+
+Teacher and student share one frozen LM (the base module's ``frozen_lm``); only the predictor trains.
+
+- Teacher: ``h_T``, ``p_T`` at the answer position of ``M([doc; query; prompt])``.
+- Student: ``Z_d`` = last K states of ``M(doc)``, ``h_q`` = answer-position state of ``M([query; prompt])``
+  (all before the final norm); ``p_S`` = frozen LM head(frozen norm(``P(h_q, Z_d)``)).
+- Loss: ``‖norm(P) − norm(h_T)‖² + λ·KL(p_S ‖ p_T)`` over the relevance tokens (or the vocabulary).
+- Retrieval: ``Z_d`` for the whole corpus is computed once (and cached on disk); each query costs one LM
+  pass plus N predictor calls; the evaluation callback calls :meth:`Rabtriever.retrieve`.
+
+Everything the LM computes is a function of frozen weights and text, so it is cached in memory per text
+(teacher states per pair, ``Z_d`` per document, ``h_q`` per query): after the first epoch a training step
+costs only predictor work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from datamodules.records import Document
+from lightning_modules.base import RetrieverModule
+from lightning_modules.losses.rabtriever import rabtriever_loss, relevance_log_odds
+from lightning_modules.rabtriever.passes import RelevanceLM, autocast_for
+from lightning_modules.rabtriever.predictor import build_predictor
+from lightning_modules.rabtriever.prompt import RelevancePrompt
+from lightning_modules.rabtriever.state_store import cached_document_states
+
+KL_TARGETS = ("relevance", "vocabulary")
+
+
+class Rabtriever(RetrieverModule):
+    """The Rabtriever student and its training against the generative-reranker teacher.
+
+    Args:
+        frozen_lm: keyword arguments of :class:`FrozenCausalLM` (teacher and student share it).
+        prompt: keyword arguments of :class:`RelevancePrompt`.
+        predictor: ``{"kind": "mlp"|"cross_attention", "inner_size", "num_heads", "dropout"}``.
+        num_document_states: K, document states kept per document (default 8).
+        kl_weight: λ of the reverse KL term (default 1).
+        kl_over: ``relevance`` (softmax over the relevance tokens, default) or ``vocabulary``.
+        on_policy_top_m: also train on the m corpus documents the student currently ranks highest per query
+            (their teacher targets are computed on the fly); 0 disables (default).
+        lm_batch_size: pairs / texts per frozen-LM pass.
+        lm_precision: ``fp32`` or ``bf16`` (autocast) for every frozen-LM pass.
+        cache_document_states: keep the corpus ``Z_d`` on disk between runs.
+        score_chunk: (query, document) pairs scored per predictor call at retrieval.
+        **kwargs: :class:`RetrieverModule` arguments (optimizer, scheduler, nan_policy, ...); no embedder.
+    """
+
+    def __init__(
+        self,
+        frozen_lm: dict[str, Any],
+        prompt: dict[str, Any] | None = None,
+        predictor: dict[str, Any] | None = None,
+        num_document_states: int = 8,
+        kl_weight: float = 1.0,
+        kl_over: str = "relevance",
+        on_policy_top_m: int = 0,
+        lm_batch_size: int = 16,
+        lm_precision: str = "fp32",
+        cache_document_states: bool = True,
+        score_chunk: int = 8192,
+        **kwargs: Any,
+    ):
+        if kwargs.get("embedder") is not None:
+            raise ValueError(
+                "Rabtriever has no trainable embedder (the student reads the frozen LM): set model.embedder=null"
+            )
+        if kl_over not in KL_TARGETS:
+            raise ValueError(f"kl_over must be one of {', '.join(KL_TARGETS)}; got '{kl_over}'")
+        if on_policy_top_m < 0:
+            raise ValueError(f"on_policy_top_m must be >= 0, got {on_policy_top_m}")
+        super().__init__(**{**kwargs, "embedder": None, "frozen_lm": frozen_lm})
+        self.save_hyperparameters()
+        self.lm = RelevanceLM(
+            self.frozen_lm.model,
+            self.frozen_lm.tokenizer,
+            RelevancePrompt(**(prompt or {})),
+            num_document_states,
+            name=f"frozen LM '{self.frozen_lm.name_or_path}'",
+        )
+        predictor = dict(predictor or {})
+        self.predictor = build_predictor(predictor.pop("kind", "mlp"), self.lm.hidden_size, **predictor)
+        self.kl_weight, self.kl_over, self.on_policy_top_m = kl_weight, kl_over, on_policy_top_m
+        self.lm_batch_size, self.lm_precision, self.score_chunk = lm_batch_size, lm_precision, score_chunk
+        self.cache_document_states = cache_document_states
+        self._teacher_states: dict[tuple[str, str], torch.Tensor] = {}
+        self._document_states: dict[str, torch.Tensor] = {}
+        self._query_states: dict[str, torch.Tensor] = {}
+        self._corpus: tuple[str, torch.Tensor] | None = None
+        self.document_state_seconds: float | None = None
+
+    # ---- the student -------------------------------------------------------------------------------------
+    def student_logits(
+        self, query_states: torch.Tensor, document_states: torch.Tensor, vocabulary: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(norm(P(h_q, Z_d)), logits)``; logits over the relevance tokens, or the vocabulary."""
+        predicted = self.predictor(query_states.float(), document_states.float())
+        normed = self.lm.final_norm(predicted)
+        return normed, self.lm.vocabulary_logits(normed) if vocabulary else self.lm.relevance_logits(normed)
+
+    def student_scores(self, query_states: torch.Tensor, document_states: torch.Tensor) -> torch.Tensor:
+        """Relevance log-odds ``[...]`` of the student for (broadcastable) ``h_q [..., H]``, ``Z_d [..., K, H]``."""
+        return relevance_log_odds(self.student_logits(query_states, document_states)[1])
+
+    # ---- frozen-LM passes, cached per text ----------------------------------------------------------------
+    @torch.no_grad()
+    def query_states(self, queries: Sequence[str]) -> torch.Tensor:
+        """``h_q`` ``[Q, H]`` on this module's device (cached per query text)."""
+        missing = sorted({q for q in queries if q not in self._query_states})
+        with autocast_for(self.lm_precision, self.device):
+            for start in range(0, len(missing), self.lm_batch_size):
+                chunk = missing[start : start + self.lm_batch_size]
+                for text, state in zip(chunk, self.lm.query_states(chunk).float().cpu()):
+                    self._query_states[text] = state
+        return torch.stack([self._query_states[q] for q in queries]).to(self.device)
+
+    @torch.no_grad()
+    def teacher_states(
+        self, queries: Sequence[str], documents: Sequence[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(h_T [P, H], Z_d [P, K, H])`` for aligned pairs (teacher pass; both cached per text)."""
+        pairs = list(zip(queries, documents))
+        missing = sorted({p for p in pairs if p not in self._teacher_states}, key=lambda p: -len(p[1]))
+        with autocast_for(self.lm_precision, self.device):
+            for start in range(0, len(missing), self.lm_batch_size):
+                chunk = missing[start : start + self.lm_batch_size]
+                out = self.lm.teacher([q for q, _ in chunk], [d for _, d in chunk])
+                for pair, answer, states in zip(
+                    chunk, out.answer_states.float().cpu(), out.document_states.float().cpu()
+                ):
+                    self._teacher_states[pair] = answer
+                    self._document_states.setdefault(pair[1], states)
+        answers = torch.stack([self._teacher_states[p] for p in pairs]).to(self.device)
+        states = torch.stack([self._document_states[d] for d in documents]).to(self.device)
+        return answers, states
+
+    def lm_identity(self) -> str:
+        """The loaded LM's folder or hub name (an alias resolves differently under ``debug=tiny``)."""
+        return str(getattr(self.frozen_lm.model.config, "_name_or_path", "") or self.frozen_lm.name_or_path)
+
+    def corpus_states(self, texts: Sequence[str]) -> torch.Tensor:
+        """``Z_d`` ``[N, K, H]`` (CPU) for a whole corpus: kept in memory and cached on disk."""
+        digest = hashlib.sha1("\x00".join(texts).encode()).hexdigest()
+        if self._corpus is None or self._corpus[0] != digest:
+            states, seconds = cached_document_states(
+                self.lm_identity(),
+                self.lm,
+                texts,
+                self.lm_batch_size,
+                self.lm_precision,
+                use_disk=self.cache_document_states,
+            )
+            self._corpus = (digest, states)
+            self.document_state_seconds = seconds
+        return self._corpus[1]
+
+    # ---- retrieval ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def score_stored(
+        self, query_states: torch.Tensor, stored: torch.Tensor, top_k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k ``(scores, indices)`` ``[Q, k]`` of each query over all stored ``Z_d`` ``[N, K, H]``."""
+        top_k = min(top_k, stored.shape[0])
+        docs_per_call = max(self.score_chunk // max(query_states.shape[0], 1), 1)
+        scores = torch.empty(query_states.shape[0], stored.shape[0])
+        for start in range(0, stored.shape[0], docs_per_call):
+            block = stored[start : start + docs_per_call].to(self.device)
+            scores[:, start : start + block.shape[0]] = (
+                self.student_scores(query_states[:, None], block[None]).float().cpu()
+            )
+        top = scores.topk(top_k, dim=1)
+        return top.values, top.indices
+
+    @torch.no_grad()
+    def retrieve(
+        self, query_texts: list[str], documents: list[Document], top_k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Student retrieval over stored document states (the evaluation callback's hook)."""
+        was_training = self.training
+        self.eval()
+        stored = self.corpus_states([d.as_text() for d in documents])
+        scores, indices = [], []
+        for start in range(0, len(query_texts), self.lm_batch_size):
+            chunk = self.query_states(query_texts[start : start + self.lm_batch_size])
+            s, i = self.score_stored(chunk, stored, top_k)
+            scores.append(s)
+            indices.append(i)
+        self.train(was_training)
+        return torch.cat(scores), torch.cat(indices)
+
+    # ---- training -----------------------------------------------------------------------------------------
+    def on_policy_pool(self) -> list[str]:
+        """The documents on-policy candidates come from: the training data module's corpus."""
+        corpus = self.trainer.datamodule.load_corpus()
+        return [d.as_text() for d in corpus.corpus.values()]
+
+    def on_policy_documents(self, queries: Sequence[str], exclude: Sequence[set[str]]) -> list[list[str]]:
+        """Per query, the ``on_policy_top_m`` corpus documents the student ranks highest (excluding given ones)."""
+        texts = self.on_policy_pool()
+        stored = self.corpus_states(texts)
+        want = self.on_policy_top_m + max(len(e) for e in exclude)
+        _, indices = self.score_stored(self.query_states(queries), stored, want)
+        picked = []
+        for row, skip in zip(indices.tolist(), exclude):
+            picked.append([texts[i] for i in row if texts[i] not in skip][: self.on_policy_top_m])
+        return picked
+
+    def training_pairs(self, batch: dict[str, Any]) -> tuple[list[str], list[str]]:
+        """Aligned (query, document) lists: each query with its group, plus on-policy documents when enabled."""
+        queries, documents = batch["queries"], batch["documents"]
+        if len(documents) % len(queries):
+            raise ValueError(
+                f"batch has {len(documents)} documents for {len(queries)} queries: groups must be equal"
+            )
+        group = len(documents) // len(queries)
+        groups = [documents[i * group : (i + 1) * group] for i in range(len(queries))]
+        if self.on_policy_top_m:
+            extra = self.on_policy_documents(queries, [set(g) for g in groups])
+            groups = [g + e for g, e in zip(groups, extra)]
+        return [q for q, g in zip(queries, groups) for _ in g], [d for g in groups for d in g]
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        pair_queries, pair_documents = self.training_pairs(batch)
+        teacher_answer, document_states = self.teacher_states(pair_queries, pair_documents)
+        query_states = self.query_states(pair_queries)
+        vocabulary = self.kl_over == "vocabulary"
+        student_normed, student_logits = self.student_logits(query_states, document_states, vocabulary)
+        with torch.no_grad():
+            teacher_normed = self.lm.final_norm(teacher_answer)
+            teacher_logits = (
+                self.lm.vocabulary_logits(teacher_normed)
+                if vocabulary
+                else self.lm.relevance_logits(teacher_normed)
+            )
+        losses = rabtriever_loss(
+            student_normed, teacher_normed, student_logits, teacher_logits, self.kl_weight
+        )
+        size = len(pair_queries)
+        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=size)
+        self.log("train/state_mse", losses["state_mse"], batch_size=size)
+        self.log("train/reverse_kl", losses["reverse_kl"], batch_size=size)
+        self.log("train/cached_pairs", float(len(self._teacher_states)), batch_size=size)
+        return self.checked_loss(losses["loss"], batch_idx)

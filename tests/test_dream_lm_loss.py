@@ -1,0 +1,114 @@
+"""The DREAM LM loss: target tokens only, and the no-grad document prefix with reused keys/values is exact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_modules.dream.attention import DREAM_SDPA, register_dream_attention
+from lightning_modules.dream.bias import document_bias, key_position_bias
+from lightning_modules.dream.inputs import IGNORE_INDEX, block_diagonal_mask, build_dream_inputs
+from lightning_modules.dream.lm_loss import dream_lm_loss, mean_target_nll
+from lightning_modules.models.tiny import tiny_model, word_level_tokenizer
+
+WORDS = (
+    "the a of paris france capital city is river in which what question answer passage seine flows".split()
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return word_level_tokenizer(WORDS, "decoder")
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    register_dream_attention()
+    lm = tiny_model("llama", vocab_size=len(tokenizer), tokenizer=tokenizer)
+    lm.set_attn_implementation(DREAM_SDPA)
+    return lm.eval().requires_grad_(False)
+
+
+def make_inputs(tokenizer):
+    documents = [
+        ["paris is the capital of france", "the seine flows in paris", "a river"],
+        ["what city", "the river of france", "answer"],
+    ]
+    return build_dream_inputs(
+        tokenizer,
+        documents,
+        ["which city ? answer", "what river ? answer"],
+        ["paris", "the seine"],
+        max_document_tokens=5,
+    )
+
+
+def test_layout_left_pads_documents_and_labels_only_the_target(tokenizer):
+    inputs = make_inputs(tokenizer)
+    P = inputs.context_length
+    assert inputs.attention_mask[:, P - 1].all(), "every row's documents end at the same position"
+    assert (inputs.document_index[inputs.attention_mask[:, :P] == 0] == -1).all()
+    # row 0's documents are cut to 5 tokens each: 5 + 5 + 2 positions
+    assert inputs.document_index[0].tolist().count(0) == 5 and inputs.document_index[0].tolist().count(2) == 2
+    targets = [[t for t in row if t != IGNORE_INDEX] for row in inputs.labels.tolist()]
+    assert targets == [
+        tokenizer("paris", add_special_tokens=False)["input_ids"],
+        tokenizer("the seine", add_special_tokens=False)["input_ids"],
+    ]
+    assert inputs.position_ids[1, P - 1] == inputs.attention_mask[1, :P].sum() - 1
+
+
+def test_empty_prompt_is_rejected(tokenizer):
+    with pytest.raises(ValueError, match="row 0: the prompt is empty"):
+        build_dream_inputs(tokenizer, [["paris"]], [""], ["paris"])
+
+
+def test_mean_target_nll_matches_hand_computed_value():
+    logits = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
+    labels = torch.tensor([[IGNORE_INDEX, 1]])
+    expected = -torch.log_softmax(torch.tensor([0.0, 1.0, 0.0]), 0)[1]
+    assert torch.allclose(mean_target_nll(logits, labels), expected)
+
+
+@pytest.mark.parametrize("block_diagonal", [False, True])
+def test_no_grad_document_prefix_gives_the_same_loss_and_gradients(model, tokenizer, block_diagonal):
+    inputs = make_inputs(tokenizer)
+    heads = {0: (1, 2), 1: (0, 1, 2, 3)}
+    results = []
+    for reuse in (False, True):
+        cosines = torch.tensor([[0.9, 0.1, -0.5], [0.0, 0.8, 0.2]], requires_grad=True)
+        key_bias = key_position_bias(document_bias(cosines, 0.1), inputs.document_index)
+        loss = dream_lm_loss(
+            model, inputs, key_bias, heads, reuse_document_cache=reuse, block_diagonal=block_diagonal
+        )
+        loss.backward()
+        results.append((loss.detach(), cosines.grad.clone()))
+    (full_loss, full_grad), (cached_loss, cached_grad) = results
+    assert torch.allclose(full_loss, cached_loss, atol=1e-6)
+    assert full_grad.abs().sum() > 0
+    assert torch.allclose(full_grad, cached_grad, atol=1e-6)
+
+
+def test_block_diagonal_documents_do_not_see_each_other(model, tokenizer):
+    inputs = make_inputs(tokenizer)
+    mask = block_diagonal_mask(inputs)[:, 0]
+    owner = inputs.document_index
+    P = inputs.context_length
+    row = 0
+    first, second = (owner[row] == 0).nonzero()[:, 0], (owner[row] == 1).nonzero()[:, 0]
+    assert not mask[row][second][:, first].any()  # document 1 never attends to document 0
+    assert mask[row][P:, first].all() and mask[row][P:, second].all()  # the prompt sees both
+
+    # hidden states of document 1 do not depend on the tokens of document 0
+    def hidden(ids):
+        out = model(
+            input_ids=ids,
+            attention_mask=block_diagonal_mask(inputs),
+            position_ids=inputs.position_ids,
+            output_hidden_states=True,
+        )
+        return out.hidden_states[-1][row, second]
+
+    changed = inputs.input_ids.clone()
+    changed[row, first] = 8
+    assert torch.allclose(hidden(inputs.input_ids), hidden(changed), atol=1e-6)

@@ -1,0 +1,197 @@
+"""The LLM2VecGen module on tiny models: what trains, what the decoder sees, the loss parts, checkpoints."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+
+from datamodules.unlabeled_queries import UnlabeledQueryDataModule
+from lightning_modules.llm2vec_gen import LLM2VecGen
+from lightning_modules.llm2vec_gen.generation import Response
+
+TRAINABLE = {
+    "special_tokens",
+    "reconstruction_head.weight",
+    "reconstruction_head.bias",
+    "alignment_head.weight",
+    "alignment_head.bias",
+}
+
+
+def build_module(**overrides) -> LLM2VecGen:
+    torch.manual_seed(0)
+    args = dict(
+        frozen_lm={"name_or_path": "tiny-llama"},
+        teacher={"name_or_path": "tiny-bert", "pooling": "mean", "max_length": 64},
+        num_special_tokens=3,
+        max_query_tokens=16,
+        max_document_tokens=16,
+        max_response_tokens=6,
+        generation={"max_new_tokens": 4, "batch_size": 8},
+        optimizer={"lr": 1e-2, "weight_decay": 0.1},
+        eval_batch_size=4,
+    )
+    args.update(overrides)
+    return LLM2VecGen(**args)
+
+
+@pytest.fixture(scope="module")
+def module() -> LLM2VecGen:
+    return build_module()
+
+
+def test_only_special_tokens_and_heads_change_after_an_optimizer_step(tmp_path):
+    module = build_module()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    datamodule = UnlabeledQueryDataModule(tiny=True, batch_size=4, seed=0)
+    trainer = L.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )
+    trainer.fit(module, datamodule=datamodule)
+    after = module.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == TRAINABLE
+    assert {n for n, p in module.named_parameters() if p.requires_grad} == TRAINABLE
+    optimizer = trainer.optimizers[0]
+    decay_of = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    assert decay_of[id(module.special_tokens)] == 0.0
+    assert decay_of[id(module.alignment_head.weight)] == 0.1
+    assert (tmp_path / "generation.json").exists()
+    assert len(module.responses) == len(datamodule.train_queries)
+
+
+def test_loss_parts_match_a_hand_computation_on_the_frozen_lm(module):
+    queries = ["who wrote the song", "what is the capital of the country"]
+    responses = [Response("the song was written by", 5, True), Response("the capital", 2, False)]
+    teacher = torch.randn(2, module.teacher.dim)
+    parts = module.losses(queries, responses, teacher)
+
+    tokenizer, lm = module.frozen_lm.tokenizer, module.frozen_lm.model
+    soft_prompt, embedding = module.represent(queries, "query")
+    nll_sum, count = 0.0, 0
+    for row, response in enumerate(responses):
+        ids = tokenizer(response.text, add_special_tokens=False)["input_ids"]
+        ids = ids + [tokenizer.eos_token_id] if response.finished else ids
+        inputs = torch.cat([soft_prompt[row], lm.get_input_embeddings()(torch.tensor(ids))], dim=0).unsqueeze(
+            0
+        )
+        log_probs = lm(inputs_embeds=inputs).logits[0].log_softmax(-1)  # one unpadded sequence
+        k = soft_prompt.shape[1]
+        for t, token in enumerate(ids):
+            nll_sum -= log_probs[k - 1 + t, token].item()
+            count += 1
+    assert parts["reconstruction"].item() == pytest.approx(nll_sum / count, rel=1e-4)
+    assert parts["alignment"].item() == pytest.approx(((embedding - teacher) ** 2).mean().item(), rel=1e-5)
+    assert parts["loss"].item() == pytest.approx(
+        parts["reconstruction"].item() + parts["alignment"].item(), rel=1e-6
+    )
+    weighted = build_module(reconstruction_weight=0.5, alignment_weight=2.0).losses(
+        queries, responses, teacher
+    )
+    assert weighted["loss"].item() == pytest.approx(
+        0.5 * weighted["reconstruction"].item() + 2 * weighted["alignment"].item(), rel=1e-5
+    )
+
+
+def test_the_decoder_reads_only_the_soft_prompt_and_the_response(module):
+    seen = []
+    hook = module.frozen_lm.model.base_model.register_forward_hook(
+        lambda mod, args, kwargs, out: seen.append(kwargs["inputs_embeds"].detach().clone()), with_kwargs=True
+    )
+    try:
+        query = "who wrote the song about the river in the country"
+        module.losses([query], [Response("the song", 2, True)], torch.zeros(1, module.teacher.dim))
+    finally:
+        hook.remove()
+    encoder_inputs, decoder_inputs = seen
+    soft_prompt, _ = module.represent([query], "query")
+    response_ids = module.frozen_lm.tokenizer("the song", add_special_tokens=False)["input_ids"]
+    k = module.num_special_tokens
+    assert decoder_inputs.shape[1] == k + len(response_ids)  # [s_1..s_K ; y_1 .. y_T] (EOS is only a target)
+    assert torch.allclose(decoder_inputs[0, :k], soft_prompt[0], atol=1e-6)
+    assert encoder_inputs.shape[1] > decoder_inputs.shape[1]  # the query went into the encoding pass only
+    assert torch.equal(encoder_inputs[0, -k:], module.special_tokens.detach())
+
+
+def test_gradient_reaches_the_special_tokens_through_the_frozen_lm():
+    module = build_module()
+    parts = module.losses(
+        ["who wrote the song"], [Response("the song", 2, True)], torch.zeros(1, module.teacher.dim)
+    )
+    parts["reconstruction"].backward()
+    assert module.special_tokens.grad is not None and module.special_tokens.grad.abs().sum() > 0
+    assert module.reconstruction_head.weight.grad.abs().sum() > 0
+    assert module.alignment_head.weight.grad is None  # reconstruction alone does not touch the alignment head
+    assert all(p.grad is None for p in module.frozen_lm.parameters())
+
+
+def test_left_padding_does_not_change_an_embedding(module):
+    short, long = "who wrote the song", "what is the capital of the country where the river is"
+    alone = module.encode_queries([short])
+    batched = module.encode_queries([long, short])
+    assert torch.allclose(alone[0], batched[1], atol=1e-5)
+    assert torch.allclose(batched.norm(dim=-1), torch.ones(2), atol=1e-5)
+    documents = module.encode_documents([short])
+    assert not torch.allclose(documents[0], alone[0]), "documents use their own instruction"
+
+
+def test_teacher_only_sees_the_response_texts(module, monkeypatch, tmp_path):
+    monkeypatch.setenv("LSR_CACHE_DIR", str(tmp_path))
+    seen: list[str] = []
+    original = module.teacher.encode
+
+    def spy(texts, kind, **kwargs):
+        seen.extend(texts)
+        return original(texts, kind, **kwargs)
+
+    monkeypatch.setattr(module.teacher, "encode", spy)
+    module.prepare_responses(["a", "b"], ["who wrote the song", "where is the river"], show_progress=False)
+    assert seen == [module.responses["a"].text, module.responses["b"].text]
+    specials = module.frozen_lm.tokenizer.all_special_tokens
+    assert not any(tok in text for text in seen for tok in specials)
+    assert module.teacher_targets["a"].shape == (module.teacher.dim,)
+
+
+def test_checkpoints_hold_neither_the_frozen_lm_nor_the_teacher(module):
+    checkpoint = {"state_dict": dict(module.state_dict())}
+    module.on_save_checkpoint(checkpoint)
+    assert set(checkpoint["state_dict"]) == TRAINABLE
+    fresh = build_module(special_token_init_std=2.0)
+    fresh.on_load_checkpoint(checkpoint)
+    fresh.load_state_dict(checkpoint["state_dict"])
+    assert torch.equal(fresh.special_tokens, module.special_tokens)
+    texts = ["who wrote the song"]
+    assert torch.allclose(fresh.encode_queries(texts), module.encode_queries(texts), atol=1e-6)
+
+
+def test_bad_options_are_named():
+    with pytest.raises(ValueError, match="num_special_tokens"):
+        build_module(num_special_tokens=0)
+    with pytest.raises(ValueError, match="reconstruction_init"):
+        build_module(reconstruction_init="zeros")
+    with pytest.raises(ValueError, match="generation.instruction"):
+        build_module(generation={"instruction": "x"})
+
+
+def test_identity_reconstruction_init_passes_the_states_through(module):
+    states = module.special_token_states(["who wrote the song"], "query")
+    soft_prompt, _ = module.represent(["who wrote the song"], "query")
+    assert torch.allclose(soft_prompt, states, atol=1e-6)
+    assert F.cosine_similarity(module.special_tokens[0], module.special_tokens[1], dim=0) < 0.99
+
+
+def test_debug_tiny_caps_the_response_budget(monkeypatch):
+    from lightning_modules.llm2vec_gen.model import TINY_MAX_NEW_TOKENS
+
+    assert build_module(generation={"max_new_tokens": 500}).generation_settings.max_new_tokens == 500
+    monkeypatch.setenv("LSR_TINY_MODELS", "1")
+    capped = build_module(generation={"max_new_tokens": 500})
+    assert capped.generation_settings.max_new_tokens == TINY_MAX_NEW_TOKENS

@@ -1,0 +1,136 @@
+"""``make report`` builds one comparison table and plots from the run directories under an output root."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from experiments.report import build_report, collect
+
+
+def metrics(ndcg: float) -> dict[str, float]:
+    return {"ndcg@10": ndcg, "recall@10": ndcg + 0.1, "recall@100": 0.9, "mrr@10": ndcg - 0.05}
+
+
+def fake_run(
+    root: Path,
+    experiment: str,
+    method: str,
+    curve: list[tuple[int, float]],
+    mteb: dict[int, float] | None = None,
+) -> Path:
+    run_dir = root / experiment / "0123abcd" / "local"
+    (run_dir / "eval").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(
+        yaml.safe_dump(
+            {"name": experiment, "tiny_models": False, "data": {"path": "hotpotqa", "eval_split": "dev"}}
+        )
+    )
+    for step, ndcg in curve:
+        (run_dir / "eval" / f"step_{step:06d}.json").write_text(
+            json.dumps({"step": step, "split": "dev", "metrics": metrics(ndcg)})
+        )
+    for step, ndcg in (mteb or {}).items():
+        (run_dir / "mteb").mkdir(exist_ok=True)
+        record = {
+            "step": step,
+            "tasks": {"scifact-test": {"main_score": ndcg, "ndcg_at_10": ndcg, "recall_at_100": 0.8}},
+            "mean": ndcg,
+        }
+        (run_dir / "mteb" / f"step_{step:06d}.json").write_text(json.dumps(record))
+    results = {
+        "experiment": experiment,
+        "method": method,
+        "start": "all-minilm-l6-v2 (mean pooling)",
+        "candidates": "HotpotQA candidates",
+        "label_use": "none (LM supervision)" if method != "contrastive" else "relevance labels (InfoNCE)",
+        "budget": {"steps": curve[-1][0], "seconds_per_step": 1.5},
+        "metrics": {"before": metrics(curve[0][1]), "after": metrics(curve[-1][1])},
+    }
+    (run_dir / "results.json").write_text(json.dumps(results))
+    return run_dir
+
+
+def test_report_builds_from_two_run_dirs(tmp_path):
+    fake_run(tmp_path, "dream_minilm", "dream", [(0, 0.80), (10, 0.82), (20, 0.83)])
+    fake_run(
+        tmp_path,
+        "contrastive_minilm",
+        "contrastive",
+        [(0, 0.80), (10, 0.86), (20, 0.90)],
+        mteb={0: 0.60, 20: 0.65},
+    )
+    baseline = tmp_path / "eval" / "all-minilm-l6-v2"
+    baseline.mkdir(parents=True)
+    (baseline / "mteb_results.json").write_text(
+        json.dumps(
+            {
+                "name": "all-minilm-l6-v2",
+                "precision": "bf16",
+                "tasks": {"scifact-test": {"main_score": 0.645, "ndcg_at_10": 0.645}},
+            }
+        )
+    )
+
+    paths = build_report(tmp_path)
+
+    table = paths["table"].read_text()
+    dev = table.split("## hotpotqa-dev")[1].split("## ")[0]
+    rows = [line for line in dev.splitlines() if line.startswith("| ") and not line.startswith("| row")]
+    # the start embedder first (one row for both runs), then the contrastive baseline, then the other methods
+    assert [r.split(" | ")[0] for r in rows] == [
+        "| start: all-minilm-l6-v2 (mean pooling)",
+        "| contrastive · contrastive_minilm",
+        "| dream · dream_minilm",
+    ]
+    # the last step's scores, and Δ over the run's own start
+    assert "| 0.9000 | 1.0000 | 0.9000 | 0.8500 | +0.1000 |" in rows[1]
+    assert "| 0.8300 |" in rows[2] and "+0.0300" in rows[2]
+    scifact = table.split("## mteb/scifact-test")[1]
+    assert "baseline: all-minilm-l6-v2 (bf16) | none | 0 | – | 0.6450" in scifact
+    assert "contrastive · contrastive_minilm" in scifact and "0.6500" in scifact and "+0.0500" in scifact
+    with paths["csv"].open() as handle:
+        long = list(csv.DictReader(handle))
+    assert {
+        "row": "dream · dream_minilm",
+        "dataset": "hotpotqa-dev",
+        "metric": "ndcg@10",
+        "value": "0.830000",
+    }.items() <= next(
+        r for r in long if r["row"] == "dream · dream_minilm" and r["metric"] == "ndcg@10"
+    ).items()
+    for name in ("curves", "bars"):
+        data = paths[name].read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    assert paths["table"].parent == tmp_path / "report"
+    # the report folder itself is never collected as a run
+    assert len([r for r in collect(tmp_path, exclude=paths["table"].parent) if r.kind == "run"]) == 2
+
+
+def test_report_names_a_broken_results_file(tmp_path):
+    run_dir = tmp_path / "x" / "h" / "local"
+    run_dir.mkdir(parents=True)
+    (run_dir / "results.json").write_text('{"experiment": "x",')
+    with pytest.raises(ValueError, match=r"results\.json:1: not valid JSON"):
+        build_report(tmp_path)
+    (run_dir / "results.json").write_text('{"method": "dream"}')
+    with pytest.raises(ValueError, match="missing key 'experiment'"):
+        build_report(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="nothing to report"):
+        build_report(tmp_path / "empty")
+
+
+def test_report_merges_several_output_roots(tmp_path):
+    fake_run(tmp_path / "lab_a", "contrastive_minilm", "contrastive", [(0, 0.80), (20, 0.90)])
+    fake_run(tmp_path / "lab_b", "dream_minilm", "dream", [(0, 0.80), (20, 0.83)], mteb={0: 0.6, 20: 0.62})
+    paths = build_report([tmp_path / "lab_a", tmp_path / "lab_b"], tmp_path / "out")
+    table = paths["table"].read_text()
+    dev = table.split("## hotpotqa-dev")[1].split("## ")[0]
+    assert dev.count("| start: all-minilm-l6-v2 (mean pooling)") == 1  # one start row across both roots
+    assert "contrastive · contrastive_minilm" in dev and "dream · dream_minilm" in dev
+    assert "## mteb/scifact-test" in table and "+0.0200" in table.split("## mteb/scifact-test")[1]
