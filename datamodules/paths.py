@@ -1,4 +1,4 @@
-"""Data set aliases: names that resolve to data shipped inside the package (never ../shared)."""
+"""Data set aliases: names that resolve to data shipped inside the package."""
 
 from __future__ import annotations
 

@@ -18,25 +18,9 @@ from lightning_modules.dream.attention import (
 )
 from lightning_modules.dream.bias import document_bias, key_position_bias
 from lightning_modules.dream.inputs import build_dream_inputs
-from lightning_modules.models.tiny import tiny_model, word_level_tokenizer
+from lightning_modules.models.tiny import tiny_model
 from tests.conftest import has_flash_attn
-
-WORDS = (
-    "the a of paris france capital city is river in which what question answer passage seine flows".split()
-)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return word_level_tokenizer(WORDS, "decoder")
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    register_dream_attention()
-    lm = tiny_model("llama", vocab_size=len(tokenizer), tokenizer=tokenizer)
-    lm.set_attn_implementation(DREAM_SDPA)
-    return lm.eval().requires_grad_(False)
+from tests.dream_fixtures import WORDS, model, tokenizer  # noqa: F401 (pytest fixtures)
 
 
 def fake_layer(layer_idx: int, groups: int = 2):

@@ -1,4 +1,4 @@
-"""DREAM's attention bias as pure tensor functions (../shared/METHODS.md, "DREAM" [ours]).
+"""DREAM's attention bias as pure tensor functions (docs/dream.md, [ours]).
 
 For a query with candidate documents ``d_1 … d_k`` and raw retriever cosines ``c_j = cos(E(q), E(d_j))``,
 every selected attention head adds ``b_j = log(k · softmax_j(c_j / τ_attn))`` to the logits from the

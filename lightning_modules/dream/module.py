@@ -3,7 +3,7 @@
 Per query: cosines ``c_j = cos(E(q), E(d_j))`` over its candidates → bias ``b_j = log(k·softmax_j(c_j/τ_attn))``
 on document ``j``'s key block in the selected heads → one frozen-LM pass over ``[d_1 … d_k ; prompt(q) ; y]``
 → mean NLL of the target tokens ``y``. Only the embedder receives gradients (through the bias). See
-../shared/METHODS.md "DREAM"; every [ours] choice is an argument below.
+docs/dream.md; every [ours] choice is an argument below.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def calibration_row(example: TrainExample, group: int) -> tuple[TrainExample, li
 
 
 class DreamRetriever(RetrieverModule):
-    """DREAM (Tang & Yang, 2026) as read in ../shared/METHODS.md.
+    """DREAM (Tang & Yang, 2026) as read in docs/dream.md.
 
     Args:
         tau_attn: temperature of the bias softmax (applied once, to the raw cosines). [ours] default 0.1.

@@ -1,6 +1,6 @@
 """The frozen LM's own greedy responses to unlabeled queries: batched, cached on disk, resumable.
 
-LLM2Vec-Gen trains its special tokens to reconstruct what the frozen LM *would* answer (../METHODS.md).
+LLM2Vec-Gen trains its special tokens to reconstruct what the frozen LM *would* answer (docs/llm2vec_gen.md).
 Responses are generated once per (LM, prompt, query, generation settings) and cached under
 ``<cache_root>/llm2vec_gen_responses/<LM and settings hash>/``: every finished batch is written as its
 own shard file through a temp file + rename, so a killed run loses at most the batch in flight and the

@@ -1,7 +1,7 @@
 """LLM2Vec-Gen (BehnamGhader et al., 2026): K trainable special tokens after the query, whose last-layer
 states encode the frozen LM's own response; the LM and the teacher never change.
 
-Per query ``q`` with cached greedy response ``y`` (../METHODS.md, "LLM2Vec-Gen"):
+Per query ``q`` with cached greedy response ``y`` (docs/llm2vec_gen.md):
 
 1. ``h_1..h_K`` = last-layer states of the K special tokens, fed as a separate ``[K, H]`` parameter
    through ``inputs_embeds`` after the left-padded prompt (no vocabulary resize: SmolLM2 ties input and

@@ -5,7 +5,7 @@ its output reproduce the generative reranker (the teacher) that read ``[doc; que
 
     L = ‖norm(P(h_q, Z_d)) − norm(h_T)‖² + λ · KL(p_S ‖ p_T)
 
-(../shared/METHODS.md, "Rabtriever"). The paper gives no equation numbers; the squared distance is
+(docs/rabtriever.md). The paper gives no equation numbers; the squared distance is
 taken *after* the frozen final norm on both sides [ours] (the pre-norm residual stream is dominated by a
 few huge dimensions), averaged over the hidden size so that λ = 1 balances the two terms [ours].
 """

@@ -2,7 +2,7 @@
 prompt, and align the pooled special-token embedding with an unsupervised teacher's embedding of it.
 
 ``L = w_rec · CE_recon(response | soft prompt) + w_align · MSE(mean_K(alignment), teacher(response))``
-(../METHODS.md, "LLM2Vec-Gen"). Both are pure tensor functions.
+(docs/llm2vec_gen.md). Both are pure tensor functions.
 """
 
 from __future__ import annotations

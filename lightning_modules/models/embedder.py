@@ -1,6 +1,6 @@
 """The trainable embedder ``E``: any HF encoder or decoder, pooled, optionally L2-normalised and LoRA-adapted.
 
-``s(q, d) = cos(E(q), E(d)) / τ`` in every method (../METHODS.md, "Common pieces"); the temperature lives
+``s(q, d) = cos(E(q), E(d)) / τ`` in every method (README, "Models"); the temperature lives
 in the losses, not here.
 """
 

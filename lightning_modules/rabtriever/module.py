@@ -1,4 +1,4 @@
-"""Rabtriever: distil a generative reranker into an independently-encoding retriever (../shared/METHODS.md).
+"""Rabtriever: distil a generative reranker into an independently-encoding retriever (docs/rabtriever.md).
 
 Teacher and student share one frozen LM (the base module's ``frozen_lm``); only the predictor trains.
 
