@@ -103,8 +103,9 @@ def measure_in_subprocesses(batch: int, length: int) -> dict[str, Any]:
     for name in ("project_float32", "project_bfloat16"):
         project = results[name]
         results[f"naive_over_{name}_peak"] = naive["peak_rss_mb"] / project["peak_rss_mb"]
-        results[f"naive_over_{name}_above_baseline"] = (naive["peak_rss_mb"] - naive["baseline_rss_mb"]) / (
-            project["peak_rss_mb"] - project["baseline_rss_mb"]
+        project_share = project["peak_rss_mb"] - project["baseline_rss_mb"]
+        results[f"naive_over_{name}_above_baseline"] = (
+            (naive["peak_rss_mb"] - naive["baseline_rss_mb"]) / project_share if project_share > 0 else None
         )
     return results
 
