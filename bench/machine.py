@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import platform
-import resource
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from callbacks.step_timer import peak_memory_mb as peak_rss_mb  # noqa: F401 (re-exported for bench modules)
 
 FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
 
@@ -27,12 +27,6 @@ def cpu_model_and_flags() -> tuple[str, list[str]]:
                 flags = [f for f in FLAGS_OF_INTEREST if f in present]
                 break
     return model, flags
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MiB (ru_maxrss is KiB on Linux)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 def machine_info() -> dict[str, Any]:

@@ -17,10 +17,9 @@ from lightning_modules.dream.attention import (
     register_dream_attention,
 )
 from lightning_modules.dream.bias import document_bias, key_position_bias
-from lightning_modules.dream.inputs import build_dream_inputs
 from lightning_modules.models.tiny import tiny_model
 from tests.conftest import has_flash_attn
-from tests.dream_fixtures import WORDS, model, tokenizer  # noqa: F401 (pytest fixtures)
+from tests.dream_fixtures import WORDS, model, tokenizer, two_question_batch  # noqa: F401 (pytest fixtures)
 
 
 def fake_layer(layer_idx: int, groups: int = 2):
@@ -95,17 +94,7 @@ def test_unselected_heads_and_layers_are_untouched_by_the_scores():
 
 
 def lm_batch(tokenizer):
-    documents = [
-        ["paris is the capital of france", "the seine flows in paris", "a river"],
-        ["what city", "the river of france", "answer"],
-    ]
-    return build_dream_inputs(
-        tokenizer,
-        documents,
-        ["question which city ? answer", "what river ? answer"],
-        ["paris", "the seine"],
-        max_document_tokens=5,
-    )
+    return two_question_batch(tokenizer, ["question which city ? answer", "what river ? answer"])
 
 
 def lm_logits(model, inputs, key_bias, heads):

@@ -8,21 +8,11 @@ import torch
 from lightning_modules.dream.bias import document_bias, key_position_bias
 from lightning_modules.dream.inputs import IGNORE_INDEX, block_diagonal_mask, build_dream_inputs
 from lightning_modules.dream.lm_loss import dream_lm_loss, mean_target_nll
-from tests.dream_fixtures import WORDS, model, tokenizer  # noqa: F401 (pytest fixtures)
+from tests.dream_fixtures import WORDS, model, tokenizer, two_question_batch  # noqa: F401 (pytest fixtures)
 
 
 def make_inputs(tokenizer):
-    documents = [
-        ["paris is the capital of france", "the seine flows in paris", "a river"],
-        ["what city", "the river of france", "answer"],
-    ]
-    return build_dream_inputs(
-        tokenizer,
-        documents,
-        ["which city ? answer", "what river ? answer"],
-        ["paris", "the seine"],
-        max_document_tokens=5,
-    )
+    return two_question_batch(tokenizer, ["which city ? answer", "what river ? answer"])
 
 
 def test_layout_left_pads_documents_and_labels_only_the_target(tokenizer):
