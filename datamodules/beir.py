@@ -122,16 +122,21 @@ def load_beir_folder(folder: str | Path, splits: list[str] | None = None) -> Ret
     return RetrievalCorpus(corpus=corpus, queries=queries, qrels=qrels, name=folder.name)
 
 
-def load_beir_from_hub(name: str, splits: list[str], revision: str | None = None) -> RetrievalCorpus:
+def load_beir_from_hub(
+    name: str, splits: list[str], revision: str | None = None, qrels_revision: str | None = None
+) -> RetrievalCorpus:
     """Load a BEIR data set from the Hugging Face hub, e.g. ``BeIR/scifact`` (+ ``BeIR/scifact-qrels``).
 
-    Needs network access; offline, it raises a message saying how to point at a local copy.
+    ``revision`` pins the corpus/queries repository and ``qrels_revision`` the qrels one (two repositories,
+    two commit histories). Needs network access; offline, it raises a message saying how to point at a
+    local copy.
     """
     import datasets
 
     def _load(repo: str, config: str | None, split: str):
+        revision_here = qrels_revision if repo.endswith("-qrels") else revision
         try:
-            return datasets.load_dataset(repo, config, split=split, revision=revision)
+            return datasets.load_dataset(repo, config, split=split, revision=revision_here)
         except Exception as err:  # datasets raises several types for an unreachable hub
             offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
             raise DataFormatError(

@@ -51,6 +51,57 @@ class Row:
     seconds_per_step: float | None = None
     scores: dict[str, dict[str, float]] = field(default_factory=dict)  # dataset -> metric -> value
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # dataset -> [(step, nDCG@10)]
+    config: dict[str, Any] = field(default_factory=dict)  # the run's config.yaml, flattened to dotted keys
+    name: str = ""  # the label before disambiguation (method · experiment)
+
+
+# Config keys that change where or how fast a run goes, not what it computes: never part of a row label.
+NON_SEMANTIC_KEYS = ("output_root", "threads", "trainer.enable_progress_bar", "logger")
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (lists are kept as values)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def differing_keys(configs: list[dict[str, Any]]) -> list[str]:
+    """Dotted keys whose values differ between the configs (a key missing from one counts as differing)."""
+    keys = sorted(set().union(*configs)) if configs else []
+    return [
+        k
+        for k in keys
+        if not any(k == n or k.startswith(n + ".") for n in NON_SEMANTIC_KEYS)
+        and len({repr(c.get(k, "<unset>")) for c in configs}) > 1
+    ]
+
+
+def disambiguate(runs: list[Row]) -> None:
+    """Runs of one experiment with different overrides get the differing config values in their labels
+    (e.g. ``model.teacher.reward=rank_aware``); the step count when the configs are the same."""
+    groups: dict[str, list[Row]] = {}
+    for row in runs:
+        row.name = row.name or row.label
+        row.label = row.name
+        groups.setdefault(row.name, []).append(row)
+    for label, group in groups.items():
+        if len(group) < 2:
+            continue
+        keys = differing_keys([r.config for r in group])
+        for row in group:
+            parts = [f"{k}={row.config.get(k, '<unset>')}" for k in keys[:4]]
+            parts += [f"+{len(keys) - 4} more"] if len(keys) > 4 else []
+            row.label = f"{label} ({', '.join(parts)})" if parts else label
+        labels = [r.label for r in group]
+        for row in group:  # still alike (same config, e.g. a shorter run of it): the step count tells
+            if labels.count(row.label) > 1:
+                row.label = (
+                    f"{row.label[:-1]}, {row.steps} steps)" if keys else f"{label} ({row.steps} steps)"
+                )
 
 
 def normalise_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -116,6 +167,7 @@ def collect_run(results_file: Path) -> tuple[Row, Row | None]:
         label_use=str(results.get("label_use", "?")).split(" (")[0],
         steps=budget.get("steps"),
         seconds_per_step=budget.get("seconds_per_step"),
+        config=flatten(run_config(run_dir)),
     )
     after = (results["metrics"] or {}).get("after")
     if after:
@@ -188,10 +240,7 @@ def collect(output_root: Path, exclude: Path | None = None) -> list[Row]:
         if start_row is not None:
             merge_start(starts, start_row)
     baselines = [collect_baseline(p) for p in sorted((output_root / "eval").glob("*/mteb_results.json"))]
-    labels = [r.label for r in runs]
-    for row in runs:  # two runs of one experiment (different overrides): tell them apart by step count
-        if labels.count(row.label) > 1:
-            row.label = f"{row.label} ({row.steps} steps)"
+    disambiguate(runs)
     runs.sort(key=lambda r: (r.method != "contrastive", r.label))
     return starts + baselines + runs
 
@@ -362,10 +411,9 @@ def merge_rows(groups: list[list[Row]]) -> list[Row]:
     for row in (r for group in groups for r in group if r.kind == "start"):
         merge_start(starts, row)
     baselines = [r for group in groups for r in group if r.kind == "baseline"]
-    runs = sorted(
-        (r for group in groups for r in group if r.kind == "run"),
-        key=lambda r: (r.method != "contrastive", r.label),
-    )
+    runs = [r for group in groups for r in group if r.kind == "run"]
+    disambiguate(runs)
+    runs.sort(key=lambda r: (r.method != "contrastive", r.label))
     return starts + baselines + runs
 
 

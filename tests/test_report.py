@@ -22,14 +22,13 @@ def fake_run(
     method: str,
     curve: list[tuple[int, float]],
     mteb: dict[int, float] | None = None,
+    config: dict | None = None,
+    run_hash: str = "0123abcd",
 ) -> Path:
-    run_dir = root / experiment / "0123abcd" / "local"
+    run_dir = root / experiment / run_hash / "local"
     (run_dir / "eval").mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(
-        yaml.safe_dump(
-            {"name": experiment, "tiny_models": False, "data": {"path": "hotpotqa", "eval_split": "dev"}}
-        )
-    )
+    stored = {"name": experiment, "tiny_models": False, "data": {"path": "hotpotqa", "eval_split": "dev"}}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({**stored, **(config or {})}))
     for step, ndcg in curve:
         (run_dir / "eval" / f"step_{step:06d}.json").write_text(
             json.dumps({"step": step, "split": "dev", "metrics": metrics(ndcg)})
@@ -134,3 +133,43 @@ def test_report_merges_several_output_roots(tmp_path):
     assert dev.count("| start: all-minilm-l6-v2 (mean pooling)") == 1  # one start row across both roots
     assert "contrastive · contrastive_minilm" in dev and "dream · dream_minilm" in dev
     assert "## mteb/scifact-test" in table and "+0.0200" in table.split("## mteb/scifact-test")[1]
+
+
+def test_report_labels_runs_of_one_experiment_by_their_differing_config(tmp_path):
+    """Two reward options of one experiment (in one root or two) get the differing key in their labels;
+    where a run goes (output_root, threads) never counts."""
+    fake_run(
+        tmp_path / "a",
+        "llm_embedder_tiny",
+        "llm_embedder",
+        [(0, 0.68), (60, 0.70)],
+        config={"output_root": "/a", "threads": 1, "model": {"teacher": {"reward": "nll", "batch_size": 8}}},
+    )
+    fake_run(
+        tmp_path / "b",
+        "llm_embedder_tiny",
+        "llm_embedder",
+        [(0, 0.68), (60, 0.72)],
+        config={
+            "output_root": "/b",
+            "threads": 2,
+            "model": {"teacher": {"reward": "rank_aware", "batch_size": 8}},
+        },
+        run_hash="4567efab",
+    )
+    fake_run(
+        tmp_path / "b",
+        "llm_embedder_tiny",
+        "llm_embedder",
+        [(0, 0.68), (30, 0.69)],
+        config={"output_root": "/b", "model": {"teacher": {"reward": "rank_aware", "batch_size": 8}}},
+    )
+    paths = build_report([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
+    dev = paths["table"].read_text().split("## hotpotqa-dev")[1]
+    labels = [line.split(" | ")[0] for line in dev.splitlines() if "llm_embedder_tiny" in line]
+    assert sorted(labels) == [
+        "| llm_embedder · llm_embedder_tiny (model.teacher.reward=nll)",
+        "| llm_embedder · llm_embedder_tiny (model.teacher.reward=rank_aware, 30 steps)",
+        "| llm_embedder · llm_embedder_tiny (model.teacher.reward=rank_aware, 60 steps)",
+    ]
+    assert all("output_root" not in label and "threads" not in label for label in labels)

@@ -89,6 +89,7 @@ def qa_from_hub(
     examples = []
     for row in rows:
         if dataset == "msmarco":
+            passages = []
             answers = tuple(a for a in row["answers"] if a and a != "No Answer Present.")
             texts = list(row["passages"]["passage_text"])
             labels = [bool(x) for x in row["passages"]["is_selected"]]
@@ -101,7 +102,12 @@ def qa_from_hub(
             query, query_id = row["query"], str(row["query_id"])
         if not answers or not texts:
             continue
-        documents = [Document(doc_id=f"{query_id}-{i}", text=t) for i, t in enumerate(texts)]
+        # NQ passages carry the corpus docid (a passage shared by two questions keeps one id, which the
+        # in-batch masking of shared keys relies on); MS MARCO v1.1 passages (`passages` empty) have none.
+        doc_ids = [str(p.get("docid") or f"{query_id}-{i}") for i, p in enumerate(passages)] or [
+            f"{query_id}-{i}" for i in range(len(texts))
+        ]
+        documents = [Document(doc_id=d, text=t) for d, t in zip(doc_ids, texts)]
         keep = select_candidates(query, documents, num_candidates, "bm25")
         examples.append(
             TaskExample(

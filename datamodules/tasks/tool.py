@@ -117,8 +117,15 @@ def tool_from_hub(
     data_files: str | list[str], split: str = "train", num_candidates: int = 8, seed: int = 0
 ) -> list[TaskExample]:
     """ToolBench query files from a URL or the hub through ``datasets.load_dataset("json", data_files=...)``
-    (ToolBench ships its queries as JSON files; point ``data_files`` at them)."""
+    (ToolBench ships its queries as JSON files; point ``data_files`` at them). Each file is loaded on its own
+    and its query ids prefixed with the file's stem, as :func:`tool_from_files` does (ToolBench numbers the
+    queries of every file from 1)."""
     from datasets import load_dataset
 
-    rows = [dict(row) for row in load_dataset("json", data_files=data_files, split=split)]
-    return tool_examples(rows, num_candidates, seed, source=str(data_files))
+    files = [data_files] if isinstance(data_files, str) else list(data_files)
+    rows: list[dict[str, Any]] = []
+    for file in files:
+        stem = Path(str(file).split("?")[0]).stem
+        for index, row in enumerate(load_dataset("json", data_files=file, split=split)):
+            rows.append({**dict(row), "query_id": f"{stem}-{row.get('query_id', index)}"})
+    return tool_examples(rows, num_candidates, seed, source=", ".join(map(str, files)))
