@@ -206,7 +206,7 @@ def test_experiment_smoke_runs_with_tiny_models(experiment, tmp_path):
     after = results["metrics"]["after"]
     assert 0.0 <= after["ndcg@10"] <= 1.0
     rerank = results["rerank"]["metrics"]
-    assert set(rerank) == {"first_stage", "teacher_rerank", "student_rerank"}
+    assert set(rerank) == {"first_stage", "teacher_rerank", "student_rerank", "random_rerank"}
     assert all(0.0 <= m["ndcg@10"] <= 1.0 for m in rerank.values())
     assert results["budget"]["steps"] == 2
 
@@ -257,3 +257,21 @@ def test_on_policy_adds_the_students_current_top_documents(module, monkeypatch):
         ]
         assert pair_documents[4 * row : 4 * row + 4] == [*group, *ranked[:2]]
         assert set(pair_queries[4 * row : 4 * row + 4]) == {QUERIES[row]}
+
+
+def test_random_order_reference_matches_the_expected_ndcg_and_mrr():
+    """One gold among two candidates in random order: E[nDCG@10] = (1 + 1/log2 3)/2, E[MRR@10] = 3/4."""
+    import math
+
+    from lightning_modules.rabtriever.evaluation import random_order_metrics
+
+    candidates = torch.tensor([[0, 1]])
+    metrics = random_order_metrics(
+        ["q"], ["gold", "other"], candidates, {"q": {"gold": 1}}, permutations=4000
+    )
+    assert metrics["ndcg@10"] == pytest.approx((1 + 1 / math.log2(3)) / 2, abs=0.02)
+    assert metrics["mrr@10"] == pytest.approx(0.75, abs=0.02)
+    assert metrics["recall@10"] == pytest.approx(1.0)
+    # every candidate relevant: any order is perfect
+    both = random_order_metrics(["q"], ["a", "b"], candidates, {"q": {"a": 1, "b": 1}}, permutations=3)
+    assert both["ndcg@10"] == pytest.approx(1.0)

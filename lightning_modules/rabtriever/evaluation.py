@@ -4,6 +4,8 @@
 scores the student over the whole corpus). The first stage (the *starting embedder*) and the teacher do
 not change during training: they are computed once per process and cached on disk keyed by embedder,
 LM, prompt, data and k. The student's reranking of the same candidates is recomputed each time.
+A ``random_rerank`` entry (the same candidates in random order, averaged over seeded permutations) is the
+floor a reranker has to beat: with two gold paragraphs in a top-10 that order alone scores well above zero.
 Logs ``val/first_stage_ndcg@10``, ``val/teacher_rerank_ndcg@10``, ``val/student_rerank_ndcg@10`` and writes
 ``<run>/eval/rerank_step_<N>.json``; :meth:`RerankEvaluation.results_summary` goes into ``results.json``.
 Reranked runs hold only k documents per query, so their recall@100 is recall@k.
@@ -92,6 +94,12 @@ class RerankEvaluation(L.Callback):
                 entry["metrics"] = evaluate_run(
                     to_run(query_ids, doc_ids, entry["scores"], entry["indices"]), qrels
                 )[0]
+            self._fixed["random_rerank"] = {
+                "metrics": random_order_metrics(
+                    query_ids, doc_ids, self._fixed["first_stage"]["indices"], qrels
+                ),
+                "seconds": 0.0,
+            }
         candidates = self._fixed["first_stage"]["indices"]
 
         start = time.perf_counter()
@@ -198,3 +206,24 @@ def to_run(
         q: {doc_ids[int(i)]: float(s) for s, i in zip(scores[row], indices[row])}
         for row, q in enumerate(query_ids)
     }
+
+
+def random_order_metrics(
+    query_ids: list[str],
+    doc_ids: list[str],
+    candidates: torch.Tensor,
+    qrels: dict[str, dict[str, int]],
+    permutations: int = 64,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Metrics of the ``[Q, k]`` candidate lists put in random order, averaged over ``permutations`` seeded
+    shuffles: what a reranker scores when its scores carry no information."""
+    generator = torch.Generator().manual_seed(seed)
+    totals: dict[str, float] = {}
+    for _ in range(permutations):
+        order = torch.stack([torch.randperm(candidates.shape[1], generator=generator) for _ in query_ids])
+        ranks = torch.arange(candidates.shape[1], 0, -1, dtype=torch.float32).expand(len(query_ids), -1)
+        metrics = evaluate_run(to_run(query_ids, doc_ids, ranks, candidates.gather(1, order)), qrels)[0]
+        for name, value in metrics.items():
+            totals[name] = totals.get(name, 0.0) + value / permutations
+    return totals
