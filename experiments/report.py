@@ -43,7 +43,7 @@ class Row:
     """One line of the comparison: a start embedder, a baseline model, or a trained run."""
 
     label: str
-    kind: str  # "start" | "baseline" | "run"
+    kind: str  # "start" | "baseline" | "reference" | "run"
     method: str = ""
     start: str = ""
     label_use: str = ""
@@ -53,6 +53,7 @@ class Row:
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # dataset -> [(step, nDCG@10)]
     config: dict[str, Any] = field(default_factory=dict)  # the run's config.yaml, flattened to dotted keys
     name: str = ""  # the label before disambiguation (method · experiment)
+    references: list[Row] = field(default_factory=list)  # reference rows the run measured (e.g. rerankers)
 
 
 # Config keys that change where or how fast a run goes, not what it computes: never part of a row label.
@@ -80,9 +81,32 @@ def differing_keys(configs: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+UNSET = object()
+
+
+def config_difference(config: dict[str, Any], group: list[dict[str, Any]], keys: list[str]) -> list[str]:
+    """Where ``config`` departs from the value most of its ``group`` has on ``keys`` (every value is shown
+    when no value has a strict majority): ``key=value``, or
+    ``~prefix`` when a whole sub-tree the others have is absent here (e.g. ``~data.tasks.tool``)."""
+    parts: list[str] = []
+    for key in keys:
+        values = [repr(c.get(key, UNSET)) for c in group]
+        mode = max(values, key=values.count)
+        if repr(config.get(key, UNSET)) == mode and 2 * values.count(mode) > len(values):
+            continue  # this run has the group's usual value (a strict majority has it)
+        if key in config:
+            parts.append(f"{key}={config[key]}")
+            continue
+        prefix = key
+        while "." in prefix and not any(k.startswith(prefix.rsplit(".", 1)[0] + ".") for k in config):
+            prefix = prefix.rsplit(".", 1)[0]
+        parts += [f"~{prefix}"] if f"~{prefix}" not in parts else []
+    return parts
+
+
 def disambiguate(runs: list[Row]) -> None:
-    """Runs of one experiment with different overrides get the differing config values in their labels
-    (e.g. ``model.teacher.reward=rank_aware``); the step count when the configs are the same."""
+    """Runs of one experiment with different overrides get what differs in their labels (e.g.
+    ``model.teacher.reward=rank_aware``, ``~data.tasks.tool``); the step count when that is not enough."""
     groups: dict[str, list[Row]] = {}
     for row in runs:
         row.name = row.name or row.label
@@ -93,14 +117,15 @@ def disambiguate(runs: list[Row]) -> None:
             continue
         keys = differing_keys([r.config for r in group])
         for row in group:
-            parts = [f"{k}={row.config.get(k, '<unset>')}" for k in keys[:4]]
-            parts += [f"+{len(keys) - 4} more"] if len(keys) > 4 else []
+            parts = config_difference(row.config, [r.config for r in group], keys)
             row.label = f"{label} ({', '.join(parts)})" if parts else label
         labels = [r.label for r in group]
         for row in group:  # still alike (same config, e.g. a shorter run of it): the step count tells
             if labels.count(row.label) > 1:
                 row.label = (
-                    f"{row.label[:-1]}, {row.steps} steps)" if keys else f"{label} ({row.steps} steps)"
+                    f"{row.label[:-1]}, {row.steps} steps)"
+                    if row.label != label
+                    else f"{label} ({row.steps} steps)"
                 )
 
 
@@ -136,7 +161,12 @@ def run_config(run_dir: Path) -> dict[str, Any]:
 def eval_dataset_name(run_dir: Path, split: str | None) -> str:
     """The training-time eval set's name, ``<data folder or alias>-<split>`` (as MTEB local tasks name it)."""
     data = run_config(run_dir).get("data") or {}
-    source = "tiny_hotpotqa" if data.get("tiny") else (data.get("hub_name") or data.get("path") or "eval")
+    evaluation = data.get("eval") if isinstance(data.get("eval"), dict) else {}  # multi-task data: data.eval
+    source = (
+        "tiny_hotpotqa"
+        if data.get("tiny")
+        else (data.get("hub_name") or data.get("path") or evaluation.get("path") or "eval")
+    )
     split = split or data.get("eval_split") or "dev"
     return f"{Path(str(source)).name}-{split}"
 
@@ -187,6 +217,21 @@ def collect_run(results_file: Path) -> tuple[Row, Row | None]:
         evaluated = read_json(standalone)
         for task, entry in evaluated.get("tasks", {}).items():
             row.scores[mteb_key(task, evaluated.get("title_separator"))] = normalise_metrics(entry)
+    rerank = results.get("rerank") or {}
+    if rerank.get("metrics"):
+        first_stage = (rerank.get("first_stage") or {}).get("name_or_path", "first stage")
+        reranked = f"{dataset} · rerank top-{rerank.get('top_k', '?')} of {first_stage}"
+        for name, metrics in rerank["metrics"].items():
+            if name == "student_rerank":
+                row.scores[reranked] = normalise_metrics(metrics)
+                continue
+            what = {"first_stage": f"{first_stage} order", "teacher_rerank": "teacher reranking"}.get(
+                name, name.replace("_", " ")
+            )
+            reference = Row(label="", name=f"reference: {what}", kind="reference", steps=0)
+            reference.method, reference.label_use = "none", "–"
+            reference.scores[reranked] = normalise_metrics(metrics)
+            row.references.append(reference)
     before = (results["metrics"] or {}).get("before")
     start_row = None
     if before:
@@ -242,7 +287,18 @@ def collect(output_root: Path, exclude: Path | None = None) -> list[Row]:
     baselines = [collect_baseline(p) for p in sorted((output_root / "eval").glob("*/mteb_results.json"))]
     disambiguate(runs)
     runs.sort(key=lambda r: (r.method != "contrastive", r.label))
-    return starts + baselines + runs
+    return starts + baselines + references_of(runs) + runs
+
+
+def references_of(runs: list[Row]) -> list[Row]:
+    """The runs' reference rows (e.g. Rabtriever's first stage and teacher reranking), named after their
+    run's (disambiguated) label."""
+    rows = []
+    for run in runs:
+        for reference in run.references:
+            reference.label = f"{reference.name} ({run.label})"
+            rows.append(reference)
+    return rows
 
 
 # ---- outputs -------------------------------------------------------------------------------------------
@@ -414,7 +470,7 @@ def merge_rows(groups: list[list[Row]]) -> list[Row]:
     runs = [r for group in groups for r in group if r.kind == "run"]
     disambiguate(runs)
     runs.sort(key=lambda r: (r.method != "contrastive", r.label))
-    return starts + baselines + runs
+    return starts + baselines + references_of(runs) + runs
 
 
 def main(argv: list[str] | None = None) -> None:

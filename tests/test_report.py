@@ -136,8 +136,8 @@ def test_report_merges_several_output_roots(tmp_path):
 
 
 def test_report_labels_runs_of_one_experiment_by_their_differing_config(tmp_path):
-    """Two reward options of one experiment (in one root or two) get the differing key in their labels;
-    where a run goes (output_root, threads) never counts."""
+    """Runs of one experiment (in one root or two) are labelled by where they depart from the group's most
+    common config, then by step count; where a run goes (output_root, threads) never counts."""
     fake_run(
         tmp_path / "a",
         "llm_embedder_tiny",
@@ -168,8 +168,60 @@ def test_report_labels_runs_of_one_experiment_by_their_differing_config(tmp_path
     dev = paths["table"].read_text().split("## hotpotqa-dev")[1]
     labels = [line.split(" | ")[0] for line in dev.splitlines() if "llm_embedder_tiny" in line]
     assert sorted(labels) == [
-        "| llm_embedder · llm_embedder_tiny (model.teacher.reward=nll)",
-        "| llm_embedder · llm_embedder_tiny (model.teacher.reward=rank_aware, 30 steps)",
-        "| llm_embedder · llm_embedder_tiny (model.teacher.reward=rank_aware, 60 steps)",
+        "| llm_embedder · llm_embedder_tiny (30 steps)",  # the two rank_aware runs: the group's usual config
+        "| llm_embedder · llm_embedder_tiny (60 steps)",
+        "| llm_embedder · llm_embedder_tiny (model.teacher.reward=nll)",  # what departs from it
     ]
     assert all("output_root" not in label and "threads" not in label for label in labels)
+
+
+def test_report_labels_a_removed_subtree_once():
+    from experiments.report import config_difference, differing_keys, flatten
+
+    base = flatten({"data": {"tasks": {"qa": {"k": 5}, "tool": {"k": 8, "weight": 0.2}}}, "model": {"lr": 1}})
+    no_tool = flatten({"data": {"tasks": {"qa": {"k": 5}}}, "model": {"lr": 1}})
+    group = [base, base, no_tool]
+    keys = differing_keys(group)
+    assert keys == ["data.tasks.tool.k", "data.tasks.tool.weight"]
+    assert config_difference(no_tool, group, keys) == ["~data.tasks.tool"]
+    assert config_difference(base, group, keys) == []
+
+
+def test_report_shows_rabtriever_reranking_with_its_references(tmp_path):
+    """results.json["rerank"] → a rerank table: the student's row plus the first stage, teacher and random
+    order as reference rows named after their run (two runs of one experiment keep theirs apart)."""
+    for run_hash, teacher, lm in (("aaaa", 0.52, "smollm2"), ("bbbb", 0.80, "/runs/sft_teacher")):
+        run_dir = fake_run(
+            tmp_path,
+            "rabtriever_tiny",
+            "rabtriever",
+            [(150, 0.01)],
+            config={"model": {"lm": lm}},
+            run_hash=run_hash,
+        )
+        results = json.loads((run_dir / "results.json").read_text())
+        results["rerank"] = {
+            "top_k": 10,
+            "first_stage": {"name_or_path": "all-minilm-l6-v2"},
+            "metrics": {
+                "first_stage": metrics(0.85),
+                "teacher_rerank": metrics(teacher),
+                "student_rerank": metrics(teacher + 0.01),
+                "random_rerank": metrics(0.51),
+            },
+        }
+        (run_dir / "results.json").write_text(json.dumps(results))
+    table = build_report(tmp_path)["table"].read_text()
+    rerank = table.split("## hotpotqa-dev · rerank top-10 of all-minilm-l6-v2")[1]
+    rows = {
+        line.split(" | ")[0][2:]: line.split(" | ")[4]
+        for line in rerank.splitlines()
+        if line.startswith("| r")
+    }
+    sft = "rabtriever · rabtriever_tiny (model.lm=/runs/sft_teacher)"
+    zero_shot = "rabtriever · rabtriever_tiny (model.lm=smollm2)"
+    assert rows[f"reference: teacher reranking ({sft})"] == "0.8000"
+    assert rows[f"reference: teacher reranking ({zero_shot})"] == "0.5200"
+    assert rows[f"reference: random rerank ({zero_shot})"] == "0.5100"
+    assert rows[f"reference: all-minilm-l6-v2 order ({sft})"] == "0.8500"
+    assert rows[sft] == "0.8100" and rows[zero_shot] == "0.5300"
