@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -104,12 +105,16 @@ def tool_examples(
     return examples
 
 
+def with_file_query_ids(file: str | Path, rows: Iterable[Any]) -> list[dict[str, Any]]:
+    """The rows with ``query_id`` prefixed by the file's stem (``G1_query-3``): ToolBench numbers the queries
+    of every file from 1, so the bare ids collide across files. A row without an id takes its index."""
+    stem = Path(str(file).split("?")[0]).stem
+    return [{**dict(row), "query_id": f"{stem}-{dict(row).get('query_id', i)}"} for i, row in enumerate(rows)]
+
+
 def tool_from_files(paths: list[str | Path], num_candidates: int = 8, seed: int = 0) -> list[TaskExample]:
     """Local ToolBench query files (e.g. the vendored ``toolbench_example``)."""
-    rows: list[dict[str, Any]] = []
-    for path in paths:
-        for row in read_toolbench_queries(path):
-            rows.append({**row, "query_id": f"{Path(path).stem}-{row.get('query_id', len(rows))}"})
+    rows = [row for path in paths for row in with_file_query_ids(path, read_toolbench_queries(path))]
     return tool_examples(rows, num_candidates, seed, source=", ".join(map(str, paths)))
 
 
@@ -123,9 +128,9 @@ def tool_from_hub(
     from datasets import load_dataset
 
     files = [data_files] if isinstance(data_files, str) else list(data_files)
-    rows: list[dict[str, Any]] = []
-    for file in files:
-        stem = Path(str(file).split("?")[0]).stem
-        for index, row in enumerate(load_dataset("json", data_files=file, split=split)):
-            rows.append({**dict(row), "query_id": f"{stem}-{row.get('query_id', index)}"})
+    rows = [
+        row
+        for file in files
+        for row in with_file_query_ids(file, load_dataset("json", data_files=file, split=split))
+    ]
     return tool_examples(rows, num_candidates, seed, source=", ".join(map(str, files)))
