@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from experiments.run_dir import flatten as flatten_config
+
 METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
 PRIMARY = "ndcg@10"
 MTEB_NAMES = {
@@ -60,14 +62,9 @@ class Row:
 NON_SEMANTIC_KEYS = ("output_root", "threads", "trainer.enable_progress_bar", "logger")
 
 
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (lists are kept as values)."""
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return out
+def flatten(tree: Any) -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (the run dir's flattening, without empty sub-trees)."""
+    return {key: value for key, value in flatten_config(tree).items() if value != {}}
 
 
 def differing_keys(configs: list[dict[str, Any]]) -> list[str]:
