@@ -1,10 +1,13 @@
 # LLM-Embedder (issue 4): teacher scoring once, then training runs that read the score cache.
 LLME_EXP ?= llm_embedder_tiny
 
-.PHONY: llm-embedder-score llm-embedder-train llm-embedder-smoke test-llm-embedder
+.PHONY: llm-embedder-score llm-embedder-agreement llm-embedder-train llm-embedder-smoke test-llm-embedder
 
 llm-embedder-score: install ## Compute/confirm the teacher-score cache of an LLM-Embedder exp: make llm-embedder-score [LLME_EXP=...] [ARGS=...]
 	$(BIN)/python -m lightning_modules.llm_embedder.prescore exp=$(LLME_EXP) $(ARGS)
+
+llm-embedder-agreement: install ## Teacher vs student: how often each puts a gold candidate first (lab check, uses labels) [CKPT=last.ckpt]
+	$(BIN)/python -m lightning_modules.llm_embedder.agreement exp=$(LLME_EXP) data.tasks.qa.use_labels=true $(ARGS) $(if $(CKPT),--checkpoint $(CKPT))
 
 llm-embedder-train: install ## Train an LLM-Embedder exp (both rewards: ARGS=model.teacher.reward=rank_aware)
 	$(BIN)/python -m experiments.train exp=$(LLME_EXP) $(ARGS)
@@ -14,4 +17,4 @@ llm-embedder-smoke: install ## Smoke-run every LLM-Embedder experiment offline w
 	  $(BIN)/python -m experiments.train exp=$$exp debug=tiny output_root=/tmp/lsr-smoke trainer.enable_progress_bar=false || exit 1; done
 
 test-llm-embedder: install ## Run the LLM-Embedder and distillation tests
-	$(BIN)/python -m pytest tests/test_distillation.py tests/test_llm_embedder_teacher.py tests/test_llm_embedder_data.py tests/test_llm_embedder_module.py -q
+	$(BIN)/python -m pytest tests/test_distillation.py tests/test_llm_embedder_teacher.py tests/test_llm_embedder_data.py tests/test_llm_embedder_module.py tests/test_llm_embedder_agreement.py -q

@@ -1,0 +1,127 @@
+"""Does the teacher know more than the student? Top-1 agreement of both with the labels on the training data.
+
+Graded distillation mostly teaches which candidate comes first, and at τ = 0.01 the questions where student
+and teacher already agree give almost no gradient: training follows their disagreements. This diagnostic
+counts, over a task's training candidates, how often the teacher's favourite and the student's favourite
+are labelled positives, and how the disagreements split. It is a lab check, not part of training: it uses
+the relevance labels, which the label-free loss never sees.
+
+``python -m lightning_modules.llm_embedder.agreement exp=llm_embedder_tiny data.tasks.qa.use_labels=true
+[model.teacher.reward=rank_aware] [--checkpoint RUN_DIR/checkpoints/last.ckpt]`` prints JSON per task. It
+reads the teacher scores from the cache (``make llm-embedder-score`` first) and scores only what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from experiments import CONFIG_DIR
+from experiments.train import prepare_environment
+from lightning_modules.llm_embedder.teacher import ScoringItem
+
+
+def top1_agreement(
+    teacher_scores: Sequence[torch.Tensor],
+    student_scores: Sequence[torch.Tensor],
+    labels: Sequence[torch.Tensor],
+) -> dict[str, int]:
+    """Counts over questions (one 1-D tensor of candidate scores/labels each) whose top-1 candidate is a
+    labelled positive for the teacher, the student, both or one only. Questions without a positive are
+    skipped (neither can be right); ties go to the first maximum, as ``argmax`` does."""
+    if not len(teacher_scores) == len(student_scores) == len(labels):
+        raise ValueError(
+            f"need one entry per question: {len(teacher_scores)} teacher, {len(student_scores)} student, "
+            f"{len(labels)} label rows"
+        )
+    counts = dict.fromkeys(
+        ("questions", "teacher_right", "student_right", "teacher_right_student_wrong",
+         "student_right_teacher_wrong", "same_top1"),
+        0,
+    )  # fmt: skip
+    for index, (teacher, student, gold) in enumerate(zip(teacher_scores, student_scores, labels)):
+        if not teacher.shape == student.shape == gold.shape:
+            raise ValueError(
+                f"question {index}: teacher {tuple(teacher.shape)}, student {tuple(student.shape)} and "
+                f"labels {tuple(gold.shape)} differ in shape"
+            )
+        gold = gold.bool()
+        if not gold.any():
+            continue
+        teacher_top, student_top = int(teacher.argmax()), int(student.argmax())
+        teacher_right, student_right = bool(gold[teacher_top]), bool(gold[student_top])
+        counts["questions"] += 1
+        counts["teacher_right"] += teacher_right
+        counts["student_right"] += student_right
+        counts["teacher_right_student_wrong"] += teacher_right and not student_right
+        counts["student_right_teacher_wrong"] += student_right and not teacher_right
+        counts["same_top1"] += teacher_top == student_top
+    return counts
+
+
+def load_student_checkpoint(module: torch.nn.Module, path: Path) -> None:
+    """Load a training checkpoint (``last.ckpt``) into ``module``; the frozen LM is not stored in it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    module.on_load_checkpoint(checkpoint)
+    module.load_state_dict(checkpoint["state_dict"])
+
+
+@torch.no_grad()
+def agreement(overrides: list[str], checkpoint: Path | None = None) -> dict:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    prepare_environment(cfg)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.setup("fit")
+    module = instantiate(cfg.model, _convert_="all")
+    if checkpoint is not None:
+        load_student_checkpoint(module, checkpoint)
+    module.eval()
+    report: dict = {"reward": module.reward, "student": str(checkpoint or "untrained"), "tasks": {}}
+    for name, examples in datamodule.examples.items():
+        task = examples[0].task
+        settings = module.settings.get(task)
+        if settings is None or not settings.uses_teacher:
+            continue
+        if any(example.labels is None for example in examples):
+            raise ValueError(
+                f"data set '{name}' has no labels: pass data.tasks.{name}.use_labels=true "
+                "(the labels only count agreement here; training stays label-free)"
+            )
+        teacher = module._require_teacher(task)
+        teacher_rows, student_rows, label_rows = [], [], []
+        for example in examples:
+            items = [ScoringItem(c, example.query, example.answer) for c in example.candidates]
+            teacher_rows.append(teacher.lookup(settings.template, items).float())
+            query = module.embedder.embed([settings.query_instruction + example.query], "query")
+            keys = module.embedder.embed(
+                [settings.key_instruction + c for c in example.candidates], "document"
+            )
+            student_rows.append((query @ keys.T)[0].float())
+            label_rows.append(torch.tensor(example.labels))
+        report["tasks"][name] = top1_agreement(teacher_rows, student_rows, label_rows)
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    checkpoint = None
+    if "--checkpoint" in args:
+        at = args.index("--checkpoint")
+        if at + 1 >= len(args):
+            raise SystemExit("--checkpoint needs a path")
+        checkpoint = Path(args.pop(at + 1))
+        args.pop(at)
+    print(json.dumps(agreement(args, checkpoint), indent=2))
+
+
+if __name__ == "__main__":
+    main()
