@@ -25,3 +25,25 @@ def run_experiment(overrides: list[str], output_root: Path) -> dict[str, Any]:
 
     overrides = [*overrides, f"output_root={output_root}"]
     return run(compose_config(overrides), overrides)
+
+
+def llm_embedder_tiny_overrides(experiment: str, train: bool = False) -> list[str]:
+    """Overrides that run an LLM-Embedder experiment on tiny models in seconds: 4 qa questions, teacher texts
+    truncated; with ``train`` also 2 steps of 2 queries, CSV logging and fp32 evaluation."""
+    overrides = [
+        f"exp={experiment}",
+        "debug=tiny",
+        "data.tasks.qa.max_queries=4",
+        "model.teacher.key_max_tokens=24",
+        "model.teacher.output_max_tokens=8",
+        "model.teacher.show_progress=false",
+    ]
+    if train:
+        overrides += [
+            "trainer.max_steps=2",
+            "data.batch_size=2",
+            "logger=csv",
+            "trainer.enable_progress_bar=false",
+            "model.eval_precision=fp32",
+        ]
+    return overrides

@@ -14,6 +14,7 @@ from datamodules.tasks.datamodule import load_task_examples
 from experiments import CONFIG_DIR
 from experiments.train import run
 from lightning_modules.llm_embedder.agreement import agreement, load_student_checkpoint, top1_agreement
+from tests.helpers import llm_embedder_tiny_overrides
 
 
 def test_top1_agreement_counts_match_a_hand_count():
@@ -44,21 +45,10 @@ def test_top1_agreement_names_the_question_whose_shapes_differ():
 
 def test_agreement_reads_the_cache_and_loads_the_trained_student(tmp_path, monkeypatch):
     monkeypatch.setenv("LSR_CACHE_DIR", str(tmp_path / "cache"))
-    common = [
-        "exp=llm_embedder_tiny_minilm",
-        "debug=tiny",
-        "data.tasks.qa.max_queries=4",
-        "model.teacher.key_max_tokens=24",
-        "model.teacher.output_max_tokens=8",
-        "model.teacher.show_progress=false",
-    ]
-    train = common + [
+    common = llm_embedder_tiny_overrides("llm_embedder_tiny_minilm")
+    train = [
+        *llm_embedder_tiny_overrides("llm_embedder_tiny_minilm", train=True),
         f"output_root={tmp_path}",
-        "trainer.max_steps=2",
-        "data.batch_size=2",
-        "logger=csv",
-        "trainer.enable_progress_bar=false",
-        "model.eval_precision=fp32",
         "model.optimizer.lr=1e-2",
     ]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):

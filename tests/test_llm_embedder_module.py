@@ -13,6 +13,7 @@ from datamodules.tasks.datamodule import TaskGroupDataset, collate_task_groups, 
 from experiments import CONFIG_DIR
 from experiments.train import run
 from lightning_modules.llm_embedder import LLMEmbedder, ScoringItem
+from tests.helpers import llm_embedder_tiny_overrides
 
 EMBEDDER = {"name_or_path": "tiny-bert", "pooling": "mean", "max_length": 32}
 
@@ -74,20 +75,7 @@ def test_eval_uses_the_eval_task_instructions(tmp_path):
 @pytest.mark.parametrize("experiment", ["llm_embedder_tiny", "llm_embedder_tiny_minilm", "llm_embedder_base"])
 def test_experiment_smoke_runs_offline(experiment, tmp_path, monkeypatch):
     monkeypatch.setenv("LSR_CACHE_DIR", str(tmp_path / "cache"))
-    overrides = [
-        f"exp={experiment}",
-        "debug=tiny",
-        f"output_root={tmp_path}",
-        "trainer.max_steps=2",
-        "data.tasks.qa.max_queries=4",
-        "data.batch_size=2",
-        "model.teacher.key_max_tokens=24",
-        "model.teacher.output_max_tokens=8",
-        "logger=csv",
-        "trainer.enable_progress_bar=false",
-        "model.teacher.show_progress=false",
-        "model.eval_precision=fp32",
-    ]
+    overrides = [*llm_embedder_tiny_overrides(experiment, train=True), f"output_root={tmp_path}"]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     results = run(cfg, overrides)
