@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from experiments.run_dir import flatten as flatten_config
+from experiments.run_dir import label_use_of
 
 METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
 PRIMARY = "ndcg@10"
@@ -185,16 +186,19 @@ def collect_run(results_file: Path) -> tuple[Row, Row | None]:
     dataset = eval_dataset_name(run_dir, evals[-1].get("split") if evals else None)
     method = str(results.get("method", "?"))
     budget = results.get("budget") or {}
-    tiny = " [debug=tiny]" if run_config(run_dir).get("tiny_models") else ""
+    stored = run_config(run_dir)
+    tiny = " [debug=tiny]" if stored.get("tiny_models") else ""
     row = Row(
         label=f"{method} · {results['experiment']}{tiny}",
         kind="run",
         method=method,
         start=str(results.get("start", "?")) + tiny,
-        label_use=str(results.get("label_use", "?")).split(" (")[0],
+        label_use=label_use_of(
+            str(results.get("label_use", "?")).split(" (")[0], {"data": stored.get("data", {})}
+        ),
         steps=budget.get("steps"),
         seconds_per_step=budget.get("seconds_per_step"),
-        config=flatten(run_config(run_dir)),
+        config=flatten(stored),
     )
     after = (results["metrics"] or {}).get("after")
     if after:

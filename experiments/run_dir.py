@@ -90,6 +90,17 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): tree}
 
 
+def label_use_of(stated: str, config: dict[str, Any]) -> str:
+    """The label use an experiment declares (``meta.label_use``), unless the run's config switched labels on
+    for a data set the experiment declares label-free (an override such as ``data.tasks.qa.use_labels=true``
+    on an LLM-supervised run): then the labelled keys are named, so no table calls a label control label-free.
+    """
+    switched = sorted(k for k, v in flatten(config).items() if k.endswith("use_labels") and v is True)
+    if switched and stated.lower().startswith("none"):
+        return f"labels ({', '.join(s + '=true' for s in switched)})"
+    return stated
+
+
 def config_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     a, b = flatten(stored), flatten(current)
     return [

@@ -33,7 +33,13 @@ from datamodules.errors import DataFormatError, MTEBTaskUnavailableError
 from experiments import CONFIG_DIR
 from experiments.config_check import ConfigError, check_config, compose_checked
 from experiments.loggers import build_loggers
-from experiments.run_dir import ConfigMismatchError, check_no_secrets, check_or_store_config, run_directory
+from experiments.run_dir import (
+    ConfigMismatchError,
+    check_no_secrets,
+    check_or_store_config,
+    label_use_of,
+    run_directory,
+)
 from lightning_modules.base import NonFiniteLossError
 from lightning_modules.checkpoint_io import AtomicCheckpointIO, read_global_step
 from lightning_modules.models.cache import write_json_atomically
@@ -177,9 +183,14 @@ def run(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
         for stale in run_dir.glob("hpc_ckpt_*.ckpt"):  # superseded by checkpoints/last.ckpt at the final step
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
 
+    meta = OmegaConf.to_container(cfg.meta, resolve=True)
+    if "label_use" in meta:
+        meta["label_use"] = label_use_of(
+            str(meta["label_use"]), {"data": OmegaConf.to_container(cfg.data, resolve=True)}
+        )
     results = {
         "experiment": cfg.name,
-        **OmegaConf.to_container(cfg.meta, resolve=True),
+        **meta,
         "run_dir": str(run_dir),
         "budget": {
             "max_steps": cfg.trainer.get("max_steps"),

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from experiments.report import build_report, collect
+from experiments.run_dir import label_use_of
 
 
 def metrics(ndcg: float) -> dict[str, float]:
@@ -173,6 +174,23 @@ def test_report_labels_runs_of_one_experiment_by_their_differing_config(tmp_path
         "| llm_embedder · llm_embedder_tiny (model.teacher.reward=nll)",  # what departs from it
     ]
     assert all("output_root" not in label and "threads" not in label for label in labels)
+
+
+def test_label_use_names_labels_switched_on_in_a_label_free_experiment():
+    labelled = {"data": {"tasks": {"qa": {"use_labels": True}, "tool": {"use_labels": False}}}}
+    assert label_use_of("none in the qa loss", labelled) == "labels (data.tasks.qa.use_labels=true)"
+    assert label_use_of("none in the qa loss", {"data": {"tasks": {"qa": {"use_labels": False}}}}) == (
+        "none in the qa loss"
+    )
+    assert label_use_of("relevance labels (InfoNCE)", labelled) == "relevance labels (InfoNCE)"
+
+
+def test_report_shows_a_label_control_run_as_label_use(tmp_path):
+    data = {"path": "hotpotqa", "eval_split": "dev", "tasks": {"qa": {"use_labels": True}}}
+    fake_run(tmp_path, "llm_embedder_tiny", "llm_embedder", [(0, 0.68), (60, 0.80)], config={"data": data})
+    table = build_report([tmp_path], tmp_path / "out")["table"].read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| llm_embedder · llm_embedder_tiny"))
+    assert row.split(" | ")[1] == "labels (data.tasks.qa.use_labels=true)"
 
 
 def test_report_labels_a_removed_subtree_once():
