@@ -112,3 +112,13 @@ def test_prescore_second_run_reads_everything_from_the_cache(tmp_path, monkeypat
     assert (first["items"], first["cached_before"], first["scored"]) == (15, 0, 15)
     assert (second["cached_before"], second["scored"]) == (15, 0)
     assert first["cache_dir"] == second["cache_dir"]
+
+
+def test_prescore_and_agreement_name_a_wrong_config_key():
+    from experiments.config_check import ConfigError
+    from lightning_modules.llm_embedder.agreement import agreement
+    from lightning_modules.llm_embedder.prescore import prescore
+
+    for command in (prescore, agreement):
+        with pytest.raises(ConfigError, match="model.teacher.rewrd"):
+            command(["exp=llm_embedder_tiny", "debug=tiny", "model.teacher.rewrd=nll"])

@@ -19,10 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from experiments import CONFIG_DIR
+from experiments.config_check import compose_checked
 from experiments.train import prepare_environment
 from lightning_modules.llm_embedder.teacher import ScoringItem
 
@@ -76,8 +75,7 @@ def load_student_checkpoint(module: torch.nn.Module, path: Path) -> None:
 
 @torch.no_grad()
 def agreement(overrides: list[str], checkpoint: Path | None = None) -> dict:
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
+    cfg = compose_checked(overrides)
     prepare_environment(cfg)
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.setup("fit")
@@ -96,7 +94,7 @@ def agreement(overrides: list[str], checkpoint: Path | None = None) -> dict:
                 f"data set '{name}' has no labels: pass data.tasks.{name}.use_labels=true "
                 "(the labels only count agreement here; training stays label-free)"
             )
-        teacher = module._require_teacher(task)
+        teacher = module.require_teacher(task)
         teacher_rows, student_rows, label_rows = [], [], []
         for example in examples:
             items = [ScoringItem(c, example.query, example.answer) for c in example.candidates]

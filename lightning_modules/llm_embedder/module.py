@@ -100,7 +100,7 @@ class LLMEmbedder(RetrieverModule):
         return key
 
     # ---- teacher scores -------------------------------------------------------------------------------------
-    def _require_teacher(self, task: str) -> TeacherScorer:
+    def require_teacher(self, task: str) -> TeacherScorer:
         if self.teacher is None:
             raise ValueError(f"task '{task}' distils teacher scores but model.frozen_lm is null")
         return self.teacher
@@ -117,7 +117,7 @@ class LLMEmbedder(RetrieverModule):
             settings = self._settings(task)
             if not settings.uses_teacher:
                 continue
-            teacher = self._require_teacher(task)
+            teacher = self.require_teacher(task)
             scoring = [ScoringItem(c, e.query, e.answer) for e in items for c in e.candidates]
             start = time.perf_counter()
             _, part = teacher.score(settings.template, scoring, rank, world)
@@ -163,7 +163,7 @@ class LLMEmbedder(RetrieverModule):
                 for b in range(num_queries)
                 for j in range(group)
             ]
-            local = self._require_teacher(task).lookup(settings.template, items).view(num_queries, group)
+            local = self.require_teacher(task).lookup(settings.template, items).view(num_queries, group)
             teacher_scores = gather_no_grad(local.to(device))
         positive_index = self._positive_index(labels, teacher_scores, task)
 

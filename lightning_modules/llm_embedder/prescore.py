@@ -12,10 +12,9 @@ import json
 import sys
 import time
 
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from experiments import CONFIG_DIR
+from experiments.config_check import compose_checked
 from experiments.train import prepare_environment
 from lightning_modules.llm_embedder.teacher import ScoringItem, TeacherScorer
 from lightning_modules.llm_embedder.templates import task_settings
@@ -23,8 +22,7 @@ from lightning_modules.models.frozen_lm import FrozenCausalLM
 
 
 def prescore(overrides: list[str]) -> dict:
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
+    cfg = compose_checked(overrides)
     prepare_environment(cfg)
     model_cfg = cfg.model
     if model_cfg.get("frozen_lm") is None:
