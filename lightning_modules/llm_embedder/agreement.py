@@ -95,16 +95,20 @@ def agreement(overrides: list[str], checkpoint: Path | None = None) -> dict:
                 "(the labels only count agreement here; training stays label-free)"
             )
         teacher = module.require_teacher(task)
-        teacher_rows, student_rows, label_rows = [], [], []
-        for example in examples:
-            items = [ScoringItem(c, example.query, example.answer) for c in example.candidates]
-            teacher_rows.append(teacher.lookup(settings.template, items).float())
-            query = module.embedder.embed([settings.query_instruction + example.query], "query")
-            keys = module.embedder.embed(
-                [settings.key_instruction + c for c in example.candidates], "document"
-            )
-            student_rows.append((query @ keys.T)[0].float())
-            label_rows.append(torch.tensor(example.labels))
+        items = [ScoringItem(c, e.query, e.answer) for e in examples for c in e.candidates]
+        sizes = [len(e.candidates) for e in examples]
+        teacher_rows = teacher.lookup(settings.template, items).float().split(sizes)
+        encode = {"batch_size": module.eval_batch_size, "precision": "fp32"}
+        queries = module.embedder.encode_queries(
+            [settings.query_instruction + e.query for e in examples], **encode
+        )
+        keys = module.embedder.encode_documents(
+            [settings.key_instruction + item.key for item in items], **encode
+        )
+        student_rows = [
+            keys_of_question @ query for query, keys_of_question in zip(queries, keys.split(sizes))
+        ]
+        label_rows = [torch.tensor(e.labels) for e in examples]
         report["tasks"][name] = top1_agreement(teacher_rows, student_rows, label_rows)
     return report
 

@@ -220,9 +220,9 @@ def random_order_metrics(
     shuffles: what a reranker scores when its scores carry no information."""
     generator = torch.Generator().manual_seed(seed)
     totals: dict[str, float] = {}
+    ranks = torch.arange(candidates.shape[1], 0, -1, dtype=torch.float32).expand(len(query_ids), -1)
     for _ in range(permutations):
         order = torch.stack([torch.randperm(candidates.shape[1], generator=generator) for _ in query_ids])
-        ranks = torch.arange(candidates.shape[1], 0, -1, dtype=torch.float32).expand(len(query_ids), -1)
         metrics = evaluate_run(to_run(query_ids, doc_ids, ranks, candidates.gather(1, order)), qrels)[0]
         for name, value in metrics.items():
             totals[name] = totals.get(name, 0.0) + value / permutations
