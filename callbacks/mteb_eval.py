@@ -22,7 +22,7 @@ import lightning as L
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_modules.models.cache import write_json_atomically
+from retrieval.cache import write_json_atomically
 
 DEFAULT_METRICS = ("ndcg_at_10", "recall_at_10", "recall_at_100", "mrr_at_10")
 DATAMODULE_SPEC = "datamodule"

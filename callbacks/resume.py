@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from experiments.loggers import write_step_metrics_now
+from callbacks.csv_logger import write_step_metrics_now
 
 
 class ResumeCheckpoint(ModelCheckpoint):

@@ -25,10 +25,10 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from callbacks.metrics import evaluate_run
-from callbacks.search import exact_top_k
 from callbacks.untrained_cache import read_untrained_score, write_untrained_score
-from lightning_modules.models.cache import write_json_atomically
+from retrieval.cache import write_json_atomically
+from retrieval.metrics import evaluate_run
+from retrieval.search import exact_top_k
 
 
 class RetrievalEvaluation(L.Callback):

@@ -1,7 +1,7 @@
 """The cache of untrained (step-0) retrieval scores: one checksummed JSON file per key.
 
 One file per (module, data, split, queries, corpus, top-k) key, written atomically with a SHA-256 header
-(``lightning_modules.models.cache.write_checked_json``): concurrent runs never overwrite each other's
+(``retrieval.cache.write_checked_json``): concurrent runs never overwrite each other's
 entries, a kill mid-write leaves the previous file, and a damaged or incomplete entry (bad checksum, a
 missing or non-finite metric) is discarded and recomputed rather than reported.
 """
@@ -12,8 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from callbacks.metrics import DEFAULT_CUTOFFS
-from lightning_modules.models.cache import cache_root, discard_damaged, read_checked_json, write_checked_json
+from retrieval.cache import cache_root, discard_damaged, read_checked_json, write_checked_json
+from retrieval.metrics import DEFAULT_CUTOFFS
 
 EXPECTED_METRICS = tuple(f"{name}@{k}" for name, cutoffs in DEFAULT_CUTOFFS.items() for k in cutoffs)
 

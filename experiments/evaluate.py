@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from callbacks.mteb_eval import DEFAULT_METRICS, format_table, mean_main_score, run_mteb
-from lightning_modules.models.cache import write_json_atomically
+from retrieval.cache import write_json_atomically
 
 EXPORT_CONFIG = "lsr_embedder.json"
 

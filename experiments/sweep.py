@@ -29,8 +29,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from callbacks.metrics import DEFAULT_CUTOFFS
 from experiments import CONFIG_DIR
+from retrieval.metrics import DEFAULT_CUTOFFS
 
 SWEEP_DIR = CONFIG_DIR / "sweeps"
 LOGGED_METRICS = {f"val/{name}@{k}" for name, cutoffs in DEFAULT_CUTOFFS.items() for k in cutoffs} | {

@@ -42,8 +42,8 @@ from experiments.run_dir import (
 )
 from lightning_modules.base import NonFiniteLossError
 from lightning_modules.checkpoint_io import AtomicCheckpointIO, read_global_step
-from lightning_modules.models.cache import write_json_atomically
 from lightning_modules.models.registry import ModelNotFoundError
+from retrieval.cache import write_json_atomically
 
 # errors caused by the user's input: printed as one clear message (no traceback), exit status 2
 USER_ERRORS = (

@@ -9,4 +9,4 @@ MAX_NEW_TOKENS ?= 64
 decode: install ## Decode LLM2Vec-Gen special tokens to text: make decode CKPT=<ckpt or run dir> TEXT="a query" [KIND=query|document]
 	@test -n "$(CKPT)" || { echo 'usage: make decode CKPT=<checkpoint or run dir> TEXT="a query"'; exit 2; }
 	@test -n "$(TEXT)" || { echo 'usage: make decode CKPT=<checkpoint or run dir> TEXT="a query"'; exit 2; }
-	$(BIN)/python -m lightning_modules.llm2vec_gen.decode --ckpt "$(CKPT)" --text "$(TEXT)" --kind $(KIND) --max-new-tokens $(MAX_NEW_TOKENS)
+	$(BIN)/python -m experiments.decode --ckpt "$(CKPT)" --text "$(TEXT)" --kind $(KIND) --max-new-tokens $(MAX_NEW_TOKENS)

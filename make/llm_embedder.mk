@@ -4,10 +4,10 @@ LLME_EXP ?= llm_embedder_tiny
 .PHONY: llm-embedder-score llm-embedder-agreement llm-embedder-train llm-embedder-smoke test-llm-embedder
 
 llm-embedder-score: install ## Compute/confirm the teacher-score cache of an LLM-Embedder exp: make llm-embedder-score [LLME_EXP=...] [ARGS=...]
-	$(BIN)/python -m lightning_modules.llm_embedder.prescore exp=$(LLME_EXP) $(ARGS)
+	$(BIN)/python -m experiments.llm_embedder_prescore exp=$(LLME_EXP) $(ARGS)
 
 llm-embedder-agreement: install ## Teacher vs student: how often each puts a gold candidate first (lab check, uses labels) [CKPT=last.ckpt]
-	$(BIN)/python -m lightning_modules.llm_embedder.agreement exp=$(LLME_EXP) data.tasks.qa.use_labels=true $(ARGS) $(if $(CKPT),--checkpoint $(CKPT))
+	$(BIN)/python -m experiments.llm_embedder_agreement exp=$(LLME_EXP) data.tasks.qa.use_labels=true $(ARGS) $(if $(CKPT),--checkpoint $(CKPT))
 
 llm-embedder-train: install ## Train an LLM-Embedder exp (both rewards: ARGS=model.teacher.reward=rank_aware)
 	$(BIN)/python -m experiments.train exp=$(LLME_EXP) $(ARGS)

@@ -18,14 +18,14 @@ from omegaconf import OmegaConf
 
 from datamodules.beir import load_beir_from_hub
 from datamodules.errors import DataFormatError
+from datamodules.llm_embedder_tasks.convsearch import convsearch_from_hub
+from datamodules.llm_embedder_tasks.datamodule import load_task_examples
+from datamodules.llm_embedder_tasks.icl import icl_from_hub
+from datamodules.llm_embedder_tasks.long_context import long_context_from_hub
+from datamodules.llm_embedder_tasks.qa import qa_from_hub
+from datamodules.llm_embedder_tasks.tool import tool_from_files, tool_from_hub
 from datamodules.paths import PACKAGE_DIR
 from datamodules.retrieval import RetrievalDataModule
-from datamodules.tasks.convsearch import convsearch_from_hub
-from datamodules.tasks.datamodule import load_task_examples
-from datamodules.tasks.icl import icl_from_hub
-from datamodules.tasks.long_context import long_context_from_hub
-from datamodules.tasks.qa import qa_from_hub
-from datamodules.tasks.tool import tool_from_files, tool_from_hub
 from experiments import CONFIG_DIR
 
 REAL_LOAD_DATASET = datasets.load_dataset

@@ -36,7 +36,7 @@ def test_bad_query_files_name_file_line_and_field(tmp_path):
 
 
 def test_tiny_experiment_trains_evaluates_and_decodes(tmp_path):
-    from lightning_modules.llm2vec_gen.decode import main as decode_main
+    from experiments.decode import main as decode_main
 
     overrides = ["exp=llm2vec_gen_tiny", "debug=tiny", "model.generation.max_new_tokens=4"]
     results = run_experiment(overrides, tmp_path)

@@ -189,7 +189,7 @@ def test_identity_reconstruction_init_passes_the_states_through(module):
 
 
 def test_debug_tiny_caps_the_response_budget(monkeypatch):
-    from lightning_modules.llm2vec_gen.model import TINY_MAX_NEW_TOKENS
+    from lightning_modules.llm2vec_gen.module import TINY_MAX_NEW_TOKENS
 
     assert build_module(generation={"max_new_tokens": 500}).generation_settings.max_new_tokens == 500
     monkeypatch.setenv("LSR_TINY_MODELS", "1")

@@ -10,10 +10,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from datamodules.tasks.datamodule import load_task_examples
+from datamodules.llm_embedder_tasks.datamodule import load_task_examples
 from experiments import CONFIG_DIR
+from experiments.llm_embedder_agreement import agreement, load_student_checkpoint, top1_agreement
 from experiments.train import run
-from lightning_modules.llm_embedder.agreement import agreement, load_student_checkpoint, top1_agreement
 from tests.helpers import llm_embedder_tiny_overrides
 
 

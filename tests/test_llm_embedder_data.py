@@ -8,15 +8,15 @@ from collections import Counter
 import pytest
 
 from datamodules.errors import DataFormatError
-from datamodules.tasks.datamodule import (
+from datamodules.llm_embedder_tasks.datamodule import (
     MultiTaskDataModule,
     TaskGroupDataset,
     collate_task_groups,
     load_task_examples,
 )
-from datamodules.tasks.long_context import chunk_examples
-from datamodules.tasks.sampler import HomogeneousTaskBatchSampler
-from datamodules.tasks.tool import tool_from_files
+from datamodules.llm_embedder_tasks.long_context import chunk_examples
+from datamodules.llm_embedder_tasks.sampler import HomogeneousTaskBatchSampler
+from datamodules.llm_embedder_tasks.tool import tool_from_files
 
 
 def test_toolbench_sample_keeps_relevant_apis_as_labelled_positives():

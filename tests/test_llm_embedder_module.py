@@ -9,7 +9,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from datamodules.tasks.datamodule import TaskGroupDataset, collate_task_groups, load_task_examples
+from datamodules.llm_embedder_tasks.datamodule import (
+    TaskGroupDataset,
+    collate_task_groups,
+    load_task_examples,
+)
 from experiments import CONFIG_DIR
 from experiments.train import run
 from lightning_modules.llm_embedder import LLMEmbedder, ScoringItem
@@ -98,7 +102,7 @@ def test_base_experiment_composes_and_falls_back_to_local_samples_when_tiny():
 
 
 def test_prescore_second_run_reads_everything_from_the_cache(tmp_path, monkeypatch):
-    from lightning_modules.llm_embedder.prescore import prescore
+    from experiments.llm_embedder_prescore import prescore
 
     monkeypatch.setenv("LSR_CACHE_DIR", str(tmp_path / "cache"))
     overrides = [
@@ -116,8 +120,8 @@ def test_prescore_second_run_reads_everything_from_the_cache(tmp_path, monkeypat
 
 def test_prescore_and_agreement_name_a_wrong_config_key():
     from experiments.config_check import ConfigError
-    from lightning_modules.llm_embedder.agreement import agreement
-    from lightning_modules.llm_embedder.prescore import prescore
+    from experiments.llm_embedder_agreement import agreement
+    from experiments.llm_embedder_prescore import prescore
 
     for command in (prescore, agreement):
         with pytest.raises(ConfigError, match="model.teacher.rewrd"):

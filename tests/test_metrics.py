@@ -7,7 +7,7 @@ import random
 import pytest
 import pytrec_eval
 
-from callbacks.metrics import evaluate_run
+from retrieval.metrics import evaluate_run
 
 
 def random_run_and_qrels(seed: int):

@@ -214,7 +214,7 @@ def test_experiment_smoke_runs_with_tiny_models(experiment, tmp_path):
 def test_reranker_sft_trains_lora_only_and_saves_the_merged_teacher(tmp_path):
     from lightning_modules.models.frozen_lm import load_frozen_lm
     from lightning_modules.rabtriever.passes import RelevanceLM
-    from lightning_modules.rabtriever.sft import RerankerSFT
+    from lightning_modules.rabtriever.reranker_sft import RerankerSFT
 
     sft = RerankerSFT("tiny-llama", prompt=TINY_PROMPT, lora={"r": 4}, lr=5e-3)
     trainable = [name for name, p in sft.named_parameters() if p.requires_grad]
@@ -263,7 +263,7 @@ def test_random_order_reference_matches_the_expected_ndcg_and_mrr():
     """One gold among two candidates in random order: E[nDCG@10] = (1 + 1/log2 3)/2, E[MRR@10] = 3/4."""
     import math
 
-    from lightning_modules.rabtriever.evaluation import random_order_metrics
+    from callbacks.rerank_eval import random_order_metrics
 
     candidates = torch.tensor([[0, 1]])
     metrics = random_order_metrics(

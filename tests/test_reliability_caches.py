@@ -15,7 +15,7 @@ import torch
 from callbacks.retrieval_eval import RetrievalEvaluation
 from callbacks.untrained_cache import read_untrained_score, untrained_score_path, write_untrained_score
 from datamodules.retrieval import RetrievalDataModule
-from lightning_modules.models.cache import (
+from retrieval.cache import (
     CHECKED_MAGIC,
     build_dir_atomically,
     cached_tensors,
@@ -42,7 +42,7 @@ def test_build_killed_mid_build_leaves_no_folder_and_the_next_call_builds_it(tmp
     killed = run_python(f"""
         import os, signal
         from pathlib import Path
-        from lightning_modules.models.cache import build_dir_atomically
+        from retrieval.cache import build_dir_atomically
         def build(tmp):
             (tmp / "model.safetensors").write_bytes(b"x" * 1000)  # half of the files are written ...
             os.kill(os.getpid(), signal.SIGKILL)                  # ... when the process is killed
@@ -100,7 +100,7 @@ def test_checked_entry_survives_kill_mid_write(tmp_path):
         killed = run_python(f"""
             import os, signal
             from pathlib import Path
-            import lightning_modules.models.cache as cache
+            import retrieval.cache as cache
             real_fsync = os.fsync
             if {kill_point!r} == "write":
                 os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)  # data written, not yet durable/renamed

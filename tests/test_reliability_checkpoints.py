@@ -13,9 +13,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from callbacks.csv_logger import ResumableCSVLogger
 from datamodules.retrieval import EpochAwareSampler
 from experiments.config_check import ConfigError
-from experiments.loggers import ResumableCSVLogger
 from experiments.train import resume_checkpoint
 from lightning_modules.checkpoint_io import AtomicCheckpointIO, read_global_step
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from lightning_modules.llm2vec_gen.prompts import PromptBuilder, left_pad, pad_token_id
-from lightning_modules.models.cache import cache_root, write_json_atomically
+from retrieval.cache import cache_root, write_json_atomically
 
 DEFAULT_QUERY_INSTRUCTION = "Generate a passage that best answers this question: "
 

@@ -21,7 +21,7 @@ from lightning_modules.losses.distillation import (
     graded_distillation_loss,
     kl_distillation_loss,
 )
-from lightning_modules.models.cache import write_json_atomically
+from retrieval.cache import write_json_atomically
 
 DEFAULT_WEIGHT_TEMPERATURE = {"nll": 1.0, "rank_aware": 0.1}
 

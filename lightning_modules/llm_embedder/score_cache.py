@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from lightning_modules.models.cache import cache_root, save_tensors_atomically, write_json_atomically
+from retrieval.cache import cache_root, save_tensors_atomically, write_json_atomically
 
 
 def stable_hash(obj: Any) -> str:

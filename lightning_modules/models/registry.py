@@ -18,7 +18,7 @@ import os
 import re
 from pathlib import Path
 
-from lightning_modules.models.cache import build_dir_atomically, cache_root
+from retrieval.cache import build_dir_atomically, cache_root
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_FIXTURE = Path(__file__).resolve().parents[2] / "datamodules" / "fixtures" / "tiny_hotpotqa"

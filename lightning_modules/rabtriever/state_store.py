@@ -16,8 +16,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from tqdm.auto import tqdm
 
-from lightning_modules.models.cache import cache_root, save_tensors_atomically
 from lightning_modules.rabtriever.passes import RelevanceLM, autocast_for
+from retrieval.cache import cache_root, save_tensors_atomically
 
 
 def document_states_key(

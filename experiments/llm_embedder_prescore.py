@@ -1,6 +1,6 @@
 """Compute (or confirm cached) teacher scores for an experiment's training data, without training.
 
-``python -m lightning_modules.llm_embedder.prescore exp=llm_embedder_tiny [overrides]`` (``make
+``python -m experiments.llm_embedder_prescore exp=llm_embedder_tiny [overrides]`` (``make
 llm-embedder-score``) loads only the data and the frozen LM, scores every candidate of every task that
 distils, prints the seconds and how many scores were already cached, and exits. Training runs of the same
 experiment (or any experiment with the same LM, template, reward and texts) then read the cache.

@@ -13,9 +13,9 @@ from typing import Any
 
 from datamodules.errors import DataFormatError
 from datamodules.jsonl import read_jsonl, require_field
+from datamodules.llm_embedder_tasks.records import TaskExample
 from datamodules.mining import bm25_top_k
 from datamodules.records import Document
-from datamodules.tasks.records import TaskExample
 
 FLAN_FILES = "hf://datasets/Muennighoff/flan/train/{task}_10templates.jsonl"
 

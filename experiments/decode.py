@@ -1,8 +1,8 @@
 """What an LLM2Vec-Gen embedding "says": greedy text from a query's soft prompt through the frozen decoder.
 
-Python: ``decode(module, ["who wrote hamlet"])``. Command line (``make decode CKPT=... TEXT="..."``)::
+Python: ``lightning_modules.llm2vec_gen.decoding.decode(module, ["who wrote hamlet"])``. Command line (``make decode CKPT=... TEXT="..."``)::
 
-    python -m lightning_modules.llm2vec_gen.decode --ckpt runs/.../checkpoints/last.ckpt --text "who wrote hamlet"
+    python -m experiments.decode --ckpt runs/.../checkpoints/last.ckpt --text "who wrote hamlet"
 
 A run directory works as ``--ckpt`` too (its ``checkpoints/last.ckpt``). When the checkpoint sits in a run
 directory whose ``config.yaml`` says ``tiny_models: true`` (a ``debug=tiny`` run), tiny models are used.
@@ -15,42 +15,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 import yaml
-from transformers import GenerationConfig
 
-from lightning_modules.llm2vec_gen.generation import end_of_response_ids, strip_special_strings
-from lightning_modules.llm2vec_gen.model import Kind, LLM2VecGen
-from lightning_modules.llm2vec_gen.prompts import pad_token_id
-
-
-@torch.no_grad()
-def decode(
-    module: LLM2VecGen, texts: Sequence[str], kind: Kind = "query", max_new_tokens: int = 64
-) -> list[str]:
-    """Greedy decoding from ``[soft prompt]`` alone (the query itself is not in the decoder's context)."""
-    was_training = module.training
-    module.eval()
-    soft_prompt, _ = module.represent(list(texts), kind)
-    lm, tokenizer = module.frozen_lm.model, module.frozen_lm.tokenizer
-    eos_ids = end_of_response_ids(tokenizer, lm)
-    inputs = soft_prompt.to(lm.get_input_embeddings().weight.dtype)
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        eos_token_id=eos_ids,
-        pad_token_id=pad_token_id(tokenizer),
-    )
-    mask = torch.ones(inputs.shape[:2], dtype=torch.long, device=inputs.device)
-    output = lm.generate(inputs_embeds=inputs, attention_mask=mask, generation_config=config)
-    module.train(was_training)
-    texts_out = []
-    for row in output.tolist():  # with inputs_embeds only, generate returns just the new tokens
-        stop = next((i for i, tok in enumerate(row) if tok in eos_ids), len(row))
-        texts_out.append(
-            strip_special_strings(tokenizer.decode(row[:stop], skip_special_tokens=True), tokenizer)
-        )
-    return texts_out
+from lightning_modules.llm2vec_gen.decoding import decode
+from lightning_modules.llm2vec_gen.module import LLM2VecGen
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

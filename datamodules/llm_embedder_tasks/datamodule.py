@@ -19,15 +19,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.beir import load_beir_folder
 from datamodules.errors import DataFormatError
+from datamodules.llm_embedder_tasks.convsearch import convsearch_from_file, convsearch_from_hub
+from datamodules.llm_embedder_tasks.icl import icl_from_file, icl_from_hub
+from datamodules.llm_embedder_tasks.long_context import long_context_from_files, long_context_from_hub
+from datamodules.llm_embedder_tasks.qa import qa_from_candidates_file, qa_from_hub
+from datamodules.llm_embedder_tasks.records import TaskExample
+from datamodules.llm_embedder_tasks.sampler import BatchKey, HomogeneousTaskBatchSampler
+from datamodules.llm_embedder_tasks.tool import tool_from_files, tool_from_hub
 from datamodules.paths import PACKAGE_DIR, resolve_data_path
 from datamodules.records import RetrievalCorpus
-from datamodules.tasks.convsearch import convsearch_from_file, convsearch_from_hub
-from datamodules.tasks.icl import icl_from_file, icl_from_hub
-from datamodules.tasks.long_context import long_context_from_files, long_context_from_hub
-from datamodules.tasks.qa import qa_from_candidates_file, qa_from_hub
-from datamodules.tasks.records import TaskExample
-from datamodules.tasks.sampler import BatchKey, HomogeneousTaskBatchSampler
-from datamodules.tasks.tool import tool_from_files, tool_from_hub
 
 TASK_DATA = {
     "toolbench_example": PACKAGE_DIR / "data" / "toolbench_example",

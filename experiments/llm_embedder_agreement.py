@@ -6,7 +6,7 @@ counts, over a task's training candidates, how often the teacher's favourite and
 are labelled positives, and how the disagreements split. It is a lab check, not part of training: it uses
 the relevance labels, which the label-free loss never sees.
 
-``python -m lightning_modules.llm_embedder.agreement exp=llm_embedder_tiny data.tasks.qa.use_labels=true
+``python -m experiments.llm_embedder_agreement exp=llm_embedder_tiny data.tasks.qa.use_labels=true
 [model.teacher.reward=rank_aware] [--checkpoint RUN_DIR/checkpoints/last.ckpt]`` prints JSON per task. It
 reads the teacher scores from the cache (``make llm-embedder-score`` first) and scores only what is missing.
 """

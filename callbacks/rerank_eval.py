@@ -24,12 +24,12 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from callbacks.metrics import evaluate_run
-from callbacks.search import exact_top_k
-from lightning_modules.models.cache import cache_root, save_tensors_atomically, write_json_atomically
 from lightning_modules.models.embedder import Embedder
 from lightning_modules.models.registry import resolve_model_path
 from lightning_modules.rabtriever.reranker import rerank_top_k, teacher_pair_scorer
+from retrieval.cache import cache_root, save_tensors_atomically, write_json_atomically
+from retrieval.metrics import evaluate_run
+from retrieval.search import exact_top_k
 
 
 def _digest(obj: Any) -> str:

@@ -8,10 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from datamodules.errors import DataFormatError
+from datamodules.llm_embedder_tasks.records import TaskExample
 from datamodules.mining import bm25_top_k
 from datamodules.qa_candidates import load_qa_candidates
 from datamodules.records import Document
-from datamodules.tasks.records import TaskExample
 
 SELECTIONS = ("bm25", "first", "all")
 HUB_DATASETS = {

@@ -39,9 +39,9 @@ from lightning_modules.llm2vec_gen.generation import (
 )
 from lightning_modules.llm2vec_gen.prompts import PromptBuilder, pad_token_id, right_pad
 from lightning_modules.losses.reconstruction import alignment_loss, reconstruction_loss
-from lightning_modules.models.cache import write_json_atomically
 from lightning_modules.models.embedder import Embedder
 from lightning_modules.models.registry import resolve_model_path, tiny_models_enabled
+from retrieval.cache import write_json_atomically
 
 Kind = Literal["query", "document"]
 DEFAULT_DOCUMENT_INSTRUCTION = "Summarize the following passage: "
