@@ -206,20 +206,20 @@ def check_logger(logger: Any) -> None:
 
 def check_method_sections(model: DictConfig) -> None:
     """The dicts every :class:`RetrieverModule` turns into objects: embedder, frozen_lm, optimizer, scheduler."""
-    from lightning_modules.base import DEFAULT_SCHEDULER, RetrieverModule
+    from lightning_modules.base import NO_SCHEDULE, RetrieverModule
     from lightning_modules.models.embedder import Embedder
     from lightning_modules.models.frozen_lm import FrozenCausalLM
 
     target = resolve_target(str(model.get("_target_", "")))
     if not (isinstance(target, type) and issubclass(target, RetrieverModule)):
         return
-    adamw = (accepted_keys(torch.optim.AdamW) or set()) - {"params"}
     nested = {
         "embedder": accepted_keys(Embedder),
         "frozen_lm": accepted_keys(FrozenCausalLM),
-        "optimizer": adamw,
-        "scheduler": set(DEFAULT_SCHEDULER),
+        "scheduler": set(NO_SCHEDULE),
     }
+    if isinstance(model.get("optimizer"), DictConfig):
+        check_target_section("model.optimizer", model.optimizer)
     for key, valid in nested.items():
         if isinstance(model.get(key), DictConfig):
             check_keys(f"model.{key}", [str(k) for k in model[key].keys()], valid)

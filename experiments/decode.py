@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from experiments.checkpoints import load_module as load_checkpoint
 from lightning_modules.llm2vec_gen.decoding import decode
 from lightning_modules.llm2vec_gen.module import LLM2VecGen
 
@@ -40,10 +41,8 @@ def run_used_tiny_models(checkpoint: Path) -> bool:
 
 def load_module(checkpoint: str | Path, tiny: bool | None = None) -> LLM2VecGen:
     path = resolve_checkpoint(checkpoint)
-    if tiny if tiny is not None else run_used_tiny_models(path):
-        os.environ["LSR_TINY_MODELS"] = "1"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return LLM2VecGen.load_from_checkpoint(str(path), map_location="cpu")
+    return load_checkpoint(LLM2VecGen, path, tiny=True if tiny or run_used_tiny_models(path) else None)
 
 
 def main(argv: Sequence[str] | None = None) -> list[str]:

@@ -75,18 +75,17 @@ def module_config(checkpoint: Path, experiment: str | None) -> dict[str, Any]:
 
 def load_checkpoint(checkpoint: Path, experiment: str | None) -> tuple[Any, str, str]:
     """(module, model name, revision) from a Lightning checkpoint."""
-    import torch
     from hydra.utils import get_class
+
+    from experiments.checkpoints import load_module
+    from lightning_modules.checkpoint_io import read_global_step
 
     config = module_config(checkpoint, experiment)
     target = (config.get("model") or {}).get("_target_")
     if not target:
         raise ModelSpecError(f"{checkpoint}: the run config has no model._target_")
-    os.environ["LSR_TINY_MODELS"] = "1" if config.get("tiny_models") else "0"
-    module = get_class(target).load_from_checkpoint(str(checkpoint), map_location="cpu", weights_only=False)
-    module.eval()
-    step = torch.load(str(checkpoint), map_location="cpu", weights_only=False).get("global_step", "?")
-    return module, config.get("name") or checkpoint.stem, f"step-{step}"
+    module = load_module(get_class(target), checkpoint, tiny=bool(config.get("tiny_models")))
+    return module, config.get("name") or checkpoint.stem, f"step-{read_global_step(checkpoint)}"
 
 
 def load_export(folder: Path) -> Any:
@@ -94,7 +93,6 @@ def load_export(folder: Path) -> Any:
     from lightning_modules.models.embedder import Embedder
 
     settings = json.loads((folder / EXPORT_CONFIG).read_text())
-    os.environ["LSR_TINY_MODELS"] = "0"  # the folder holds the real (possibly tiny) weights already
     return Embedder(
         str(folder),
         pooling=settings["pooling"],

@@ -57,7 +57,6 @@ USER_ERRORS = (
 
 
 def prepare_environment(cfg: DictConfig) -> None:
-    os.environ["LSR_TINY_MODELS"] = "1" if cfg.tiny_models else "0"
     if cfg.get("offline", True):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -40,14 +40,14 @@ from lightning_modules.llm2vec_gen.generation import (
 from lightning_modules.llm2vec_gen.prompts import PromptBuilder, pad_token_id, right_pad
 from lightning_modules.losses.reconstruction import alignment_loss, reconstruction_loss
 from lightning_modules.models.embedder import Embedder
-from lightning_modules.models.registry import resolve_model_path, tiny_models_enabled
+from lightning_modules.models.registry import resolve_model_path
 from retrieval.cache import write_json_atomically
 
 Kind = Literal["query", "document"]
 DEFAULT_DOCUMENT_INSTRUCTION = "Summarize the following passage: "
 TEACHER_PREFIX = "teacher."
 HEAD_INITS = ("identity", "random")
-TINY_MAX_NEW_TOKENS = 16  # debug=tiny only (LSR_TINY_MODELS=1)
+TINY_MAX_NEW_TOKENS = 16  # debug=tiny only (frozen_lm.tiny)
 
 
 class LLM2VecGen(RetrieverModule):
@@ -70,7 +70,7 @@ class LLM2VecGen(RetrieverModule):
             noise of this many per-dimension standard deviations of the embedding matrix.
         generation: :class:`GenerationSettings` fields except ``instruction`` / ``max_query_tokens`` /
             ``use_chat_template``, which come from the arguments above. Under ``debug=tiny``
-            (``LSR_TINY_MODELS=1``) ``max_new_tokens`` is capped at ``TINY_MAX_NEW_TOKENS``: a random tiny
+            (``frozen_lm.tiny``) ``max_new_tokens`` is capped at ``TINY_MAX_NEW_TOKENS``: a random tiny
             LM never emits EOS, and the smoke run must stay seconds long.
         **kwargs: :class:`RetrieverModule` arguments (optimizer, scheduler, nan_policy, eval_*).
     """
@@ -118,7 +118,7 @@ class LLM2VecGen(RetrieverModule):
             if key in extra:
                 raise ValueError(f"model.generation.{key} is set by the module's own argument; remove it")
         if (
-            tiny_models_enabled()
+            frozen_lm.get("tiny", False)
             and extra.get("max_new_tokens", GenerationSettings.max_new_tokens) > TINY_MAX_NEW_TOKENS
         ):
             # debug=tiny: a random tiny LM never stops by itself; a smoke run only needs the plumbing
@@ -213,7 +213,11 @@ class LLM2VecGen(RetrieverModule):
         """What identifies the frozen LM's weights for the response cache (resolved folder + dtype)."""
         frozen = self.hparams["frozen_lm"]
         name = frozen["name_or_path"]
-        where = f"{name}/{frozen['gguf_file']}" if frozen.get("gguf_file") else resolve_model_path(name)
+        where = (
+            f"{name}/{frozen['gguf_file']}"
+            if frozen.get("gguf_file")
+            else resolve_model_path(name, frozen.get("tiny", False))
+        )
         return f"{where}|{frozen.get('dtype', 'float32')}"
 
     def prepare_responses(

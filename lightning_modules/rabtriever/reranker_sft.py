@@ -9,7 +9,6 @@ from typing import Any
 import lightning as L
 import torch
 
-from lightning_modules.base import DEFAULT_OPTIMIZER
 from lightning_modules.losses.rabtriever import relevance_classification_loss
 from lightning_modules.models.embedder import DEFAULT_LORA
 from lightning_modules.models.frozen_lm import load_frozen_lm
@@ -63,7 +62,7 @@ class RerankerSFT(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self.lr, weight_decay=DEFAULT_OPTIMIZER["weight_decay"])
+        return torch.optim.AdamW(params, lr=self.lr, weight_decay=0.01)
 
     def save_merged(self, path: str | Path) -> Path:
         """Merge the LoRA weights into a copy of the LM and save it (with the tokenizer) as an HF folder."""
