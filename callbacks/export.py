@@ -204,6 +204,9 @@ def run_config(run_dir: str | Path) -> dict[str, Any] | None:
 
 
 class ExportEmbedder(L.Callback):
+    """Exports the trained embedder when training ends (``<run>/<dirname>``); its ``README.md`` model card
+    is written once the run's results are known (:meth:`on_results`, see ``callbacks/results.py``)."""
+
     def __init__(self, dirname: str = "export"):
         self.dirname = dirname
         self.path: Path | None = None
@@ -212,11 +215,22 @@ class ExportEmbedder(L.Callback):
         if not trainer.is_global_zero or getattr(pl_module, "embedder", None) is None:
             return
         self.path = Path(trainer.default_root_dir) / self.dirname
+        pl_module.export(self.path)
+        rank_zero_info(f"exported the embedder to {self.path}")
+
+    def results_summary(self) -> dict[str, Any]:
+        return {"export_dir": str(self.path)} if self.path is not None else {}
+
+    def on_results(self, trainer: L.Trainer, pl_module: L.LightningModule, results: dict[str, Any]) -> None:
+        """Write the model card: method, data, budget and scores of the finished run."""
+        if self.path is None:
+            return
         card = model_card(
             type(pl_module).__name__,
             dict(pl_module.hparams),
+            results["metrics"]["after"],
+            results=results,
             config=run_config(trainer.default_root_dir),
             mteb=last_mteb_record(trainer.default_root_dir),
         )
-        pl_module.export(self.path, model_card=card)
-        rank_zero_info(f"exported the embedder to {self.path}")
+        (self.path / "README.md").write_text(card)

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 
+from experiments.cli import prepare_process
 from experiments.config_check import compose_checked
-from experiments.train import prepare_environment
 from lightning_modules.llm_embedder.teacher import ScoringItem
 
 
@@ -76,7 +76,7 @@ def load_student_checkpoint(module: torch.nn.Module, path: Path) -> None:
 @torch.no_grad()
 def agreement(overrides: list[str], checkpoint: Path | None = None) -> dict:
     cfg = compose_checked(overrides)
-    prepare_environment(cfg)
+    prepare_process(bool(cfg.offline), cfg.threads)
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.setup("fit")
     module = instantiate(cfg.model, _convert_="all")

@@ -14,8 +14,8 @@ import time
 
 from hydra.utils import instantiate
 
+from experiments.cli import prepare_process
 from experiments.config_check import compose_checked
-from experiments.train import prepare_environment
 from lightning_modules.llm_embedder.teacher import ScoringItem, TeacherScorer
 from lightning_modules.llm_embedder.templates import task_settings
 from lightning_modules.models.frozen_lm import FrozenCausalLM
@@ -23,7 +23,7 @@ from lightning_modules.models.frozen_lm import FrozenCausalLM
 
 def prescore(overrides: list[str]) -> dict:
     cfg = compose_checked(overrides)
-    prepare_environment(cfg)
+    prepare_process(bool(cfg.offline), cfg.threads)
     model_cfg = cfg.model
     if model_cfg.get("frozen_lm") is None:
         raise ValueError("this experiment has no frozen LM (model.frozen_lm is null): nothing to score")

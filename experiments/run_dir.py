@@ -112,6 +112,12 @@ def config_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[
 
 def check_or_store_config(run_dir: Path, config: dict[str, Any]) -> None:
     """Write ``config.yaml`` on first use; afterwards refuse a different config."""
+    if not check_stored_config(run_dir, config):
+        store_config(run_dir, config)
+
+
+def check_stored_config(run_dir: Path, config: dict[str, Any]) -> bool:
+    """Whether ``run_dir`` holds a ``config.yaml`` (read only); raise when it differs from ``config``."""
     path = run_dir / "config.yaml"
     if path.exists():
         stored = yaml.safe_load(path.read_text()) or {}
@@ -122,7 +128,13 @@ def check_or_store_config(run_dir: Path, config: dict[str, Any]) -> None:
                 f"run directory {run_dir} already holds a run with a different config; refusing to resume into it.\n"
                 f"Differences:\n  {listing}\nUse a new output_root, delete the directory, or restore the config."
             )
-        return
+        return True
+    return False
+
+
+def store_config(run_dir: Path, config: dict[str, Any]) -> None:
+    """Create ``run_dir`` with its ``config.yaml`` (atomically)."""
+    path = run_dir / "config.yaml"
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".yaml.tmp")
     tmp.write_text(yaml.safe_dump(config, sort_keys=True))

@@ -4,7 +4,9 @@ retrieval for evaluation, export, finite-loss checks, and checkpoints that never
 from __future__ import annotations
 
 import functools
+import inspect
 import math
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -66,6 +68,15 @@ class RetrieverModule(L.LightningModule):
         self.eval_batch_size = eval_batch_size
         self.eval_precision = eval_precision
         self.skipped_batches = 0
+
+    def save_hyperparameters(self, *args: Any, **kwargs: Any) -> None:
+        """Lightning's, with the optimizer recorded as its plain config (``_target_``, ``_partial_``,
+        arguments): checkpoints then load weights-only, and loggers and model cards show the arguments."""
+        kwargs.setdefault("frame", inspect.currentframe().f_back)
+        super().save_hyperparameters(*args, **kwargs)
+        for hparams in (self._hparams, getattr(self, "_hparams_initial", None)):
+            if hparams is not None and "optimizer" in hparams:
+                hparams["optimizer"] = optimizer_config(hparams["optimizer"])
 
     # ---- retrieval interface used by the evaluation callback -------------------------------------------
     def encode_queries(self, texts: list[str], show_progress: bool = False) -> torch.Tensor:
@@ -159,9 +170,6 @@ class RetrieverModule(L.LightningModule):
 
     # ---- checkpoints: the frozen LM is reloaded by name, never stored ----------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        hyperparameters = checkpoint.get("hyper_parameters") or {}
-        if "optimizer" in hyperparameters:  # a partial is no weights-only loadable value: store its config
-            hyperparameters["optimizer"] = optimizer_config(hyperparameters["optimizer"])
         state = checkpoint.get("state_dict", {})
         for key in [k for k in state if k.startswith(FROZEN_PREFIX)]:
             del state[key]
@@ -196,8 +204,11 @@ def optimizer_config(factory: Any) -> Any:
     """A ``functools.partial`` optimizer as its plain Hydra config (``_target_``, ``_partial_``, arguments);
     anything else unchanged."""
     if isinstance(factory, functools.partial) and isinstance(factory.func, type) and not factory.args:
-        target = f"{factory.func.__module__}.{factory.func.__qualname__}"
-        return {"_target_": target, "_partial_": True, **factory.keywords}
+        module, name = factory.func.__module__, factory.func.__qualname__
+        package = module.rpartition(".")[0]  # torch.optim.adamw.AdamW is exported as torch.optim.AdamW
+        if package and getattr(sys.modules.get(package), name, None) is factory.func:
+            module = package
+        return {"_target_": f"{module}.{name}", "_partial_": True, **factory.keywords}
     if factory is torch.optim.AdamW:
         return {"_target_": "torch.optim.AdamW", "_partial_": True}
     return factory

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from callbacks.csv_logger import ResumableCSVLogger
 from datamodules.retrieval import EpochAwareSampler
 from experiments.config_check import ConfigError
-from experiments.train import resume_checkpoint
+from experiments.run_prepare import resume_checkpoint
 from lightning_modules.checkpoint_io import AtomicCheckpointIO, read_global_step
 
 REPO = Path(__file__).resolve().parents[1]
