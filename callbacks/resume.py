@@ -101,6 +101,16 @@ class ResumeCheckpoint(ModelCheckpoint):
             requested = bool(trainer.strategy.reduce_boolean_decision(requested, all=False))
         return requested
 
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        if self._in_batch_end:  # this batch's CSV row reaches the disk before the checkpoint covering it
+            write_step_metrics_now(trainer)
+        super()._save_checkpoint(trainer, filepath)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Also save the final step, so re-running a finished command resumes at the end and trains nothing."""
+        if self._last_global_step_saved != trainer.global_step and not trainer.fast_dev_run:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._restore_handlers()
 

@@ -121,10 +121,11 @@ def split_debug_flag(arguments: list[str]) -> tuple[list[str], bool]:
 
 
 def run_command(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> int:
-    """Run ``main(arguments)`` under the convention; return the exit status (0, 2, or 128 + signal)."""
+    """Run ``main(arguments)`` under the convention; return the exit status: ``main``'s when it returns an
+    int (a tool that runs a subprocess), else 0; 2 for a user error; 128 + the signal when interrupted."""
     arguments, debug = split_debug_flag(list(sys.argv[1:] if argv is None else argv))
     try:
-        main(arguments)
+        status = main(arguments)
     except RunInterrupted as stop:
         print(str(stop), file=sys.stderr, flush=True)
         return 128 + stop.signum
@@ -139,4 +140,4 @@ def run_command(main: Callable[[list[str]], Any], argv: list[str] | None = None)
             traceback.print_exc()
         print(f"error: {message}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
-    return 0
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0

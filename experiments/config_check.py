@@ -118,12 +118,14 @@ def unknown_key_message(section: str, key: str, valid: list[str]) -> str:
 
 # ---- checking a composed config ---------------------------------------------------------------------------
 def check_config(cfg: DictConfig) -> None:
-    """Raise :class:`ConfigError` for the first problem found: missing values, unknown keys, values of the
-    wrong type, bad combinations, missing model files."""
+    """Raise :class:`ConfigError` for the first problem found: missing values, missing model files (checked
+    first: cheap, no model code imported), unknown keys, values of the wrong type, bad combinations."""
     check_required_values(cfg)
     check_root(cfg)
     if not cfg.get("tiny_models"):
         check_data_source(cfg.get("data"))
+        offline = bool(cfg.get("offline", True)) or os.environ.get("HF_HUB_OFFLINE") == "1"
+        check_model_files(cfg, offline)
     for section, node, target in target_sections(cfg):
         check_keys(section, [str(k) for k in node.keys()], accepted_keys(target))
         report(type_problem(section, node, parameter_annotations(target)))
@@ -131,9 +133,6 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.get("model") is not None:
         check_method_sections(cfg.model)
     check_hardware(cfg.trainer)
-    if not cfg.get("tiny_models"):
-        offline = bool(cfg.get("offline", True)) or os.environ.get("HF_HUB_OFFLINE") == "1"
-        check_model_files(cfg, offline)
 
 
 def report(problem: str | None) -> None:

@@ -37,6 +37,9 @@ def slug(text: str) -> str:
 
 def evaluate(args: Any) -> dict[str, Any]:
     go_offline()  # before the imports below load huggingface_hub
+    output_root = Path(args.output_root)
+    spec = args.model or str(latest_run(output_root, args.exp))
+    check_model_spec(spec, offline=os.environ.get("HF_HUB_OFFLINE", "1") != "0")  # before the slow imports
     from callbacks.mteb_eval import DEFAULT_METRICS, run_mteb
     from datamodules.mteb_tasks import preload, resolve_tasks, split_specs
     from experiments.eval_models import load_model
@@ -46,9 +49,6 @@ def evaluate(args: Any) -> dict[str, Any]:
         import torch
 
         torch.set_num_threads(args.threads)
-    output_root = Path(args.output_root)
-    spec = args.model or str(latest_run(output_root, args.exp))
-    check_model_spec(spec, offline=os.environ.get("HF_HUB_OFFLINE", "1") != "0")
     tasks = resolve_tasks(split_specs(args.tasks), max_queries=args.max_queries)
     preload(tasks)
     model, name, revision, run_dir = load_model(spec, args)

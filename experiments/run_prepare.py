@@ -13,17 +13,16 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import lightning as L
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.cli import prepare_process
 from experiments.config_check import ConfigError, check_config
 from experiments.run_dir import check_no_secrets, check_stored_config, run_directory
-from lightning_modules.checkpoint_io import read_global_step
-from retrieval.cache import preserved_random_state
+
+if TYPE_CHECKING:  # the model stack is imported once the config checks have passed
+    import lightning as L
 
 
 @dataclass
@@ -61,8 +60,13 @@ class QuestionData(Protocol):
 
 def prepare_run(cfg: DictConfig, overrides: list[str]) -> PreparedRun:
     """Check the config, the run directory and the data; build the data module (no model, no folder)."""
-    check_config(cfg)
     prepare_process(bool(cfg.offline), cfg.threads)
+    check_config(cfg)  # model files first: a typo'd model name fails before the model stack is imported
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from retrieval.cache import preserved_random_state
+
     L.seed_everything(cfg.seed, workers=True)
     run_dir = run_directory(cfg.output_root, cfg.name, overrides)
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -93,6 +97,8 @@ def resume_checkpoint(run_dir: Path, cfg: DictConfig) -> tuple[str, int] | None:
     """
     if not cfg.resume:
         return None
+    from lightning_modules.checkpoint_io import read_global_step
+
     readable, broken = [], []
     for path in checkpoint_candidates(run_dir):
         try:

@@ -22,18 +22,17 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from experiments.cli import go_offline, run_command
+from experiments.cli import run_command
 from experiments.config_check import compose_checked
+from experiments.run_prepare import prepare_run
 
 
 def train(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     """Run the experiment ``cfg`` (composed from ``overrides``); return its results (``results.json``)."""
-    go_offline(bool(cfg.offline))  # before the modules below import huggingface_hub, which reads it once
+    run = prepare_run(cfg, overrides)  # sets the hub offline before anything imports huggingface_hub
     from experiments.run_fit import fit_and_evaluate
-    from experiments.run_prepare import prepare_run
     from experiments.run_results import write_results
 
-    run = prepare_run(cfg, overrides)
     outcome = fit_and_evaluate(run)
     return write_results(run, outcome)
 

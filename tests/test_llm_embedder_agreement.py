@@ -82,5 +82,5 @@ def test_agreement_reads_the_cache_and_loads_the_trained_student(tmp_path, monke
 
     with pytest.raises(ValueError, match="data.tasks.qa.use_labels=true"):
         agreement(common)
-    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+    with pytest.raises(ValueError, match="missing.ckpt"):
         load_student_checkpoint(module, tmp_path / "missing.ckpt")
