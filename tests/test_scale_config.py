@@ -236,12 +236,19 @@ def test_trial_command_passes_parameters_as_overrides():
     assert command[3:] == [
         "-m",
         "experiments.train",
+        "logger=wandb",  # the sweep reads the trial's metric from its W&B run
         "exp=default",
         "model.optimizer.lr=3e-05",
         "trainer=ddp",
         "trainer.devices=4",
     ]
-    assert trial_command(["exp=default"], {})[1:] == ["-m", "experiments.train", "exp=default"]
+    assert trial_command(["exp=default"], {})[1:] == [
+        "-m",
+        "experiments.train",
+        "logger=wandb",
+        "exp=default",
+    ]
+    assert "logger=wandb" not in trial_command(["exp=default", "logger=csv"], {})  # an explicit choice stays
 
 
 # ---- GPU only ----------------------------------------------------------------------------------------------
