@@ -61,7 +61,8 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 JobRequeue=1
 ReturnToService=2
-KillWait=30
+# SLURM's default is 30 s; a requeued DDP job waits it out before SIGKILL (docs/scale.md)
+KillWait=10
 MinJobAge=600
 StateSaveLocation=$STATE/ctld
 SlurmdSpoolDir=$STATE/d
