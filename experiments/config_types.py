@@ -37,7 +37,7 @@ class RootSettings:
     tiny_models: bool
     offline: bool
     threads: int | None
-    resume: bool
+    resume: bool | str  # or the run directory to continue (resume=<run dir>)
     eval_before_training: bool
     meta: dict
 
