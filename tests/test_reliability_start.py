@@ -67,6 +67,11 @@ def test_a_value_of_the_wrong_type_is_refused_with_key_type_and_value(override, 
     assert str(err.value).startswith(message)
 
 
+def test_resume_takes_a_run_directory_as_well_as_a_flag():
+    for value in ("true", "false", "runs/default/0123abcd/local"):
+        check_config(compose_checked(["exp=default", f"resume={value}"]))
+
+
 def test_a_wrong_type_on_the_command_line_is_one_error_line_and_leaves_no_run_folder(tmp_path, capsys):
     from experiments.train import main
 
