@@ -107,6 +107,9 @@ def unknown_key_message(section: str, key: str, valid: list[str]) -> str:
 # ---- checking a composed config ---------------------------------------------------------------------------
 def check_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for the first problem found (unknown keys, missing values, bad combinations)."""
+    from experiments.stage_runner import check_stages
+
+    check_stages(cfg)  # before anything resolves a ${stage:...} reference
     check_required_values(cfg)
     check_root_keys(cfg)
     for group in ("model", "data", "trainer"):
@@ -285,7 +288,12 @@ def model_references(node: Any, prefix: str = "") -> Iterator[tuple[str, str, An
 
 
 def check_model_files(cfg: DictConfig, offline: bool = True) -> None:
-    for key, name, parent in model_references(cfg.get("model"), "model."):
+    from experiments.stage_runner import is_planned_output, stage_model_references
+
+    references = [*model_references(cfg.get("model"), "model."), *stage_model_references(cfg)]
+    for key, name, parent in references:
+        if is_planned_output(name):  # built by its stage before the model loads
+            continue
         problem = model_problem(name, gguf_file=parent.get("gguf_file"), offline=offline)
         if problem:
             raise ConfigError(f"{key}='{name}': {problem}")
