@@ -107,12 +107,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--only", default="", help="comma-separated stage names (default: all)")
     args = parser.parse_args(argv)
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
     torch.set_num_threads(args.threads)
     from bench.machine import machine_info
 
     runs = []
-    for experiment, stage in STAGES:
+    for experiment, stage in [(e, s) for e, s in STAGES if not only or s in only]:
         print(f"[bench] stage step {experiment} {stage}", flush=True)
         runs.append(measure(experiment, stage, args.repeats))
         print(json.dumps(runs[-1]), flush=True)

@@ -181,7 +181,8 @@ class StageReport:
     records: list[StageRecord]
 
     def results_fields(self, results: dict[str, Any]) -> dict[str, Any]:
-        """``stages`` for results.json, and ``label_use`` extended by the label use of each used stage."""
+        """``stages`` for results.json, and ``label_use`` led by the label use of each used stage that uses
+        labels (first, so a one-phrase summary such as the report's never drops it)."""
         if not self.records:
             return {}
         fields: dict[str, Any] = {"stages": [asdict(r) for r in self.records]}
@@ -191,7 +192,7 @@ class StageReport:
             if r.status != "unused" and not r.label_use.lower().startswith("none")
         ]
         if labelled and "label_use" in results:
-            fields["label_use"] = "; ".join([str(results["label_use"]), *labelled])
+            fields["label_use"] = "; ".join([*labelled, str(results["label_use"])])
         return fields
 
 
