@@ -118,6 +118,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[bench] stage step {experiment} {stage}", flush=True)
         runs.append(measure(experiment, stage, args.repeats))
         print(json.dumps(runs[-1]), flush=True)
+    if only and args.out.exists():  # a subset re-measured: keep the other stages' entries
+        measured = {(r["experiment"], r["stage"]) for r in runs}
+        kept = [
+            r
+            for r in json.loads(args.out.read_text())["runs"]
+            if (r["experiment"], r["stage"]) not in measured
+        ]
+        runs = sorted(kept + runs, key=lambda r: [s for _, s in STAGES].index(r["stage"]))
     payload = {"part": "stage_steps", "threads": args.threads, "machine": machine_info(), "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
