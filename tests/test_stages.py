@@ -79,7 +79,9 @@ def test_teacher_options_released_needs_its_adapters_and_minilm_is_the_supervise
     supervised = compose_config(["exp=llm2vec_gen_qwen3_0.6b", "stages=llm2vec_supervised_teacher"])
     assert OmegaConf.to_container(supervised.stages) == {}
     assert supervised.model.teacher.name_or_path == "all-minilm-l6-v2" and supervised.model.teacher.normalize
-    assert supervised.meta.label_use.startswith("labels through the teacher")  # the report keeps the first phrase
+    assert supervised.meta.label_use.startswith(
+        "labels through the teacher"
+    )  # the report keeps the first phrase
 
 
 @pytest.mark.parametrize(
