@@ -147,15 +147,28 @@ class RagEvaluation(L.Callback):
             raise ValueError(problem)
 
     # ---- the LM, loaded once ------------------------------------------------------------------------------
-    def _reader(self, pl_module: L.LightningModule) -> RowReader:
+    def _module_lm(self, trainer: L.Trainer, pl_module: L.LightningModule) -> FrozenCausalLM:
+        """The module's frozen LM. Not under FSDP: its layers are sharded units whose forward passes are
+        collectives, and ranks reading different questions (and generating different lengths) would hang."""
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        lm = getattr(pl_module, "frozen_lm", None)
+        if lm is None:
+            raise ValueError(
+                f"callbacks.rag.use_module_lm=true, but {type(pl_module).__name__} has no frozen LM "
+                "(model.frozen_lm is null): set callbacks.rag.use_module_lm=false"
+            )
+        if isinstance(trainer.strategy, FSDPStrategy):
+            raise ValueError(
+                "callbacks.rag.use_module_lm=true cannot read with an FSDP-sharded frozen LM: "
+                "set callbacks.rag.use_module_lm=false (the configured LM is loaded whole on every rank)"
+            )
+        return lm
+
+    def _reader(self, trainer: L.Trainer, pl_module: L.LightningModule) -> RowReader:
         if self.reader is None:
             if self.use_module_lm:
-                lm = getattr(pl_module, "frozen_lm", None)
-                if lm is None:
-                    raise ValueError(
-                        f"callbacks.rag.use_module_lm=true, but {type(pl_module).__name__} has no frozen LM "
-                        "(model.frozen_lm is null): set callbacks.rag.use_module_lm=false"
-                    )
+                lm = self._module_lm(trainer, pl_module)
             else:
                 lm = FrozenCausalLM(**self.settings["lm"])
             builder = PromptBuilder(lm.tokenizer, self.prompt)
@@ -169,6 +182,7 @@ class RagEvaluation(L.Callback):
             self._lm_description = {
                 "source": "module" if self.use_module_lm else "configured",
                 "name_or_path": lm.name_or_path,
+                "loaded_from": str(getattr(lm.config, "_name_or_path", "") or lm.name_or_path),
                 "chat_template": builder.uses_chat,
             }
         if self.reader.lm.device != pl_module.device and not self.use_module_lm:
@@ -277,7 +291,7 @@ class RagEvaluation(L.Callback):
         if trainer.sanity_checking:
             return
         self._run_dir = Path(trainer.default_root_dir)
-        self._reader(pl_module)
+        self._reader(trainer, pl_module)
         if self._questions is None:
             self._questions = rag_questions(trainer.datamodule, self.max_questions)
         if self.references is None:

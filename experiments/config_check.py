@@ -202,14 +202,23 @@ def check_target_section(section: str, node: Any) -> None:
 
 
 def check_module_lm_users(cfg: DictConfig) -> None:
-    """A callback told to read with the module's frozen LM (``use_module_lm: true``) needs one."""
+    """A callback told to read with the module's frozen LM (``use_module_lm: true``) needs one, unsharded."""
     model = cfg.get("model")
     has_lm = isinstance(model, DictConfig) and model.get("frozen_lm") is not None
+    strategy = (cfg.get("trainer") or {}).get("strategy")
+    target = strategy.get("_target_", "") if isinstance(strategy, DictConfig) else strategy
     for name, spec in (cfg.get("callbacks") or {}).items():
-        if isinstance(spec, DictConfig) and spec.get("use_module_lm") and not has_lm:
+        if not (isinstance(spec, DictConfig) and spec.get("use_module_lm")):
+            continue
+        if not has_lm:
             raise ConfigError(
                 f"callbacks.{name}.use_module_lm=true, but model.frozen_lm is null (this method has no frozen "
                 f"LM): set callbacks.{name}.use_module_lm=false to read with callbacks.{name}.lm"
+            )
+        if "fsdp" in str(target).lower():
+            raise ConfigError(
+                f"callbacks.{name}.use_module_lm=true cannot read with the FSDP-sharded frozen LM "
+                f"(trainer.strategy={target}): set callbacks.{name}.use_module_lm=false"
             )
 
 

@@ -199,12 +199,16 @@ def test_debug_tiny_run_with_callbacks_rag_writes_rag_results(tmp_path):
         (["callbacks.rag.template=no placeholders"], "template must contain {documents} and {question}"),
         (["+callbacks.rag.lm.dtyp=bf16"], "lm has unknown key"),
         (["callbacks.rag.use_module_lm=true"], "model.frozen_lm is null"),
+        (
+            ["exp=dream_tiny", "trainer=fsdp", "callbacks.rag.use_module_lm=true"],
+            "callbacks.rag.use_module_lm=true cannot read with the FSDP-sharded frozen LM",
+        ),
         (["callbacks.rag.lm.name_or_path=/no/such/lm"], "callbacks.rag.lm.name_or_path='/no/such/lm'"),
     ],
 )
 def test_bad_rag_settings_are_refused_with_the_key(overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
-        check_config(compose_config(["exp=default", "callbacks=rag", *overrides]))
+        check_config(compose_config(["exp=default", "callbacks=rag", *overrides]))  # a later exp= wins
 
 
 @pytest.mark.slow
