@@ -122,8 +122,9 @@ class LookupRetriever(L.LightningModule):
         assigned: ``{query text: document text}`` (document texts as ``Document.as_text()`` gives them).
     """
 
-    def __init__(self, assigned: dict[str, str]):
+    def __init__(self, assigned: dict[str, str], name: str = "lookup"):
         super().__init__()
+        self.name = name
         self.slots = {text: i for i, text in enumerate(assigned)}
         self.slots.update({doc: i for i, doc in enumerate(assigned.values())})
         self.width = len(assigned)
@@ -142,6 +143,10 @@ class LookupRetriever(L.LightningModule):
     def encode_documents(self, texts: list[str], show_progress: bool = False) -> torch.Tensor:
         return self._embed(texts)
 
+    def untrained_score_key(self) -> dict[str, str]:
+        """What the start's scores depend on (the start-row cache is keyed by it)."""
+        return {"lookup": self.name}
+
     def validation_step(self, batch, batch_idx) -> None:
         return None
 
@@ -155,7 +160,7 @@ def retriever_for(kind: str) -> LookupRetriever:
             assigned[question] = f"{topic}: {gold_text(topic, answer)}"
         else:
             assigned[question] = f"news {qid[1]}: {JUNK}"
-    return LookupRetriever(assigned)
+    return LookupRetriever(assigned, name=kind)
 
 
 class DumpRagState(L.Callback):

@@ -158,6 +158,22 @@ def test_retrieval_moves_the_answer_nll_between_the_oracle_and_no_retrieval_rows
     assert set(summary["references"]) == {"none", "bm25", "oracle"} and summary["questions"] == count
 
 
+def test_the_start_row_is_cached_per_module_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("LSR_CACHE_DIR", str(tmp_path / "cache"))
+    folder, lm_path = write_qa_folder(tmp_path / "qa"), build_copy_lm(tmp_path)
+    first = validate(tmp_path, folder, "gold", rag_callbacks(lm_path), "first").callback_metrics
+    again = rag_callbacks(lm_path)
+    second = validate(tmp_path, folder, "gold", again, "second").callback_metrics
+    assert again[1].reader.lm_items == 0  # references and the step-0 row both from the disk cache
+    assert (
+        json.loads((tmp_path / "second" / "eval" / "rag_step_000000.json").read_text())["source"] == "cache"
+    )
+    assert float(second["rag/answer_nll"]) == pytest.approx(float(first["rag/answer_nll"]))
+    junk = rag_callbacks(lm_path)
+    validate(tmp_path, folder, "junk", junk)  # another module key: its own start row
+    assert junk[1].reader.lm_items == len(QUESTIONS)
+
+
 def test_a_changed_prompt_setting_misses_the_reference_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("LSR_CACHE_DIR", str(tmp_path / "cache"))
     folder, lm_path = write_qa_folder(tmp_path / "qa"), build_copy_lm(tmp_path)
