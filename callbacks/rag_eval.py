@@ -192,9 +192,9 @@ class RagEvaluation(L.Callback):
     # ---- cache keys -----------------------------------------------------------------------------------------
     def _key(self, datamodule: Any, questions: list[RagQuestion]) -> dict[str, Any]:
         """Everything the reference rows depend on: LM identity, prompt and reading settings, data, k, questions."""
-        corpus = datamodule.load_corpus()
         if self._data_key is not None:
             return self._data_key
+        corpus = datamodule.load_corpus()
         settings = {k: v for k, v in self.settings.items() if k != "max_questions"}
         self._data_key = {
             "version": CACHE_VERSION,
