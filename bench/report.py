@@ -270,7 +270,10 @@ def write_summary(folder: Path) -> Path:
             lines += section(parts[name]["result"])
     others = sorted(p.name for p in folder.glob("*.json") if p.stem not in SECTIONS)
     if others:
-        known = {"rabtriever_cost.json": "`make bench-rabtriever`: Rabtriever student vs teacher cost"}
+        known = {
+            "rabtriever_cost.json": "`make bench-rabtriever`: Rabtriever student vs teacher cost",
+            "rag_cost.json": "`make bench-rag`: cost of the downstream `callbacks=rag` evaluation",
+        }
         lines += ["## Other benchmarks in this folder", ""]
         lines += [f"- `{name}`" + (f" ({known[name]})" if name in known else "") for name in others] + [""]
     path = folder / "summary.md"
