@@ -25,15 +25,11 @@ from mteb.abstasks.abstask import AbsTask
 from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData
 from mteb.abstasks.task_metadata import TaskMetadata
 
-from datamodules.beir import load_beir_folder
+from datamodules.beir import available_splits, check_data_folder, load_beir_folder
 from datamodules.errors import DataFormatError, MTEBTaskUnavailableError
 from datamodules.paths import ALIASES, resolve_data_path
 
 PREFERRED_SPLITS = ("test", "dev")
-
-
-def available_splits(folder: Path) -> list[str]:
-    return sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
 
 
 def default_split(folder: Path) -> str:
@@ -74,10 +70,7 @@ class LocalBEIRRetrieval(AbsTaskRetrieval):
         **kwargs: Any,
     ):
         self.folder = resolve_data_path(str(folder))
-        if not self.folder.is_dir():
-            raise DataFormatError(
-                self.folder, "data folder not found (expected corpus.jsonl, queries.jsonl, qrels/<split>.tsv)"
-            )
+        check_data_folder(self.folder)
         self.split = split or default_split(self.folder)
         if self.split not in available_splits(self.folder):
             raise DataFormatError(
@@ -131,11 +124,8 @@ def parse_local_spec(spec: str) -> tuple[str, str | None] | None:
     folder, _, split = spec.partition("@")
     if folder in ALIASES or Path(folder).expanduser().is_dir():
         return folder, split or None
-    if folder.startswith(("/", ".", "~")):
-        raise DataFormatError(
-            folder,
-            "data folder not found (expected a BEIR-layout folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv)",
-        )
+    if folder.startswith(("/", ".", "~")) or Path(folder).expanduser().is_file():
+        check_data_folder(Path(folder).expanduser())  # a file or a missing folder: named as such
     return None
 
 

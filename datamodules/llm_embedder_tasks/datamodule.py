@@ -17,7 +17,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.beir import load_beir_folder
+from datamodules.beir import load_beir_folder, split_query_ids
 from datamodules.errors import DataFormatError
 from datamodules.llm_embedder_tasks.convsearch import convsearch_from_file, convsearch_from_hub
 from datamodules.llm_embedder_tasks.icl import icl_from_file, icl_from_hub
@@ -45,14 +45,6 @@ def resolve_task_path(path: str) -> Path:
     return TASK_DATA.get(path) or resolve_data_path(path)
 
 
-def _split_ids(folder: Path, split: str) -> set[str]:
-    qrels = folder / "qrels" / f"{split}.tsv"
-    if not qrels.is_file():
-        raise DataFormatError(qrels, f"split '{split}' not found")
-    lines = qrels.read_text(encoding="utf-8").splitlines()[1:]
-    return {line.split("\t")[0] for line in lines if line.strip()}
-
-
 def load_task_examples(name: str, spec: dict[str, Any], tiny: bool = False) -> list[TaskExample]:
     """Examples of one configured task.
 
@@ -76,7 +68,9 @@ def load_task_examples(name: str, spec: dict[str, Any], tiny: bool = False) -> l
             folder = resolve_task_path(path)
             split = args.pop("split", "train")
             file = args.pop("file", "qa_candidates.jsonl")
-            return qa_from_candidates_file(folder / file, _split_ids(folder, split), **args)
+            return qa_from_candidates_file(
+                folder / file, split_query_ids(folder, split), task_name=name, **args
+            )
         if kind == "qa":
             return qa_from_hub(**args)
         if kind == "tool" and source == "local":

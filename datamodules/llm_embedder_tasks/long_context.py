@@ -57,7 +57,7 @@ def long_context_from_files(
         if not path.is_file():
             raise DataFormatError(path, "file not found")
         found = chunk_examples(
-            path.stem, path.read_text(encoding="utf-8"), chunk_words, continuation_words, num_candidates
+            path.stem, path.read_text(encoding="utf-8-sig"), chunk_words, continuation_words, num_candidates
         )
         if not found:
             raise DataFormatError(

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datamodules.errors import DataFormatError
 from datamodules.llm_embedder_tasks.records import TaskExample
 from datamodules.mining import bm25_top_k
+from datamodules.missing import MissingReport
 from datamodules.qa_candidates import load_qa_candidates
 from datamodules.records import Document
 
@@ -40,19 +40,30 @@ def qa_from_candidates_file(
     selection: str = "bm25",
     use_labels: bool = False,
     max_queries: int | None = None,
+    on_missing: str = "error",
+    task_name: str = "qa",
 ) -> list[TaskExample]:
     """QA examples from a ``qa_candidates.jsonl`` file (HotpotQA format, see :mod:`datamodules.qa_candidates`).
 
     Each question keeps ``num_candidates`` of its own paragraphs (``selection``); the file's paragraphs
     contain the gold ones, so the kept set usually does too. ``use_labels`` passes ``is_supporting`` on
-    (the label-free protocol leaves it off).
+    (the label-free protocol leaves it off). A question without an answer (the teacher needs one) or, with
+    ``use_labels``, without a supporting paragraph goes through ``on_missing``: an error naming the file
+    and line, or left out and counted (``skip``).
     """
+    report = MissingReport(on_missing, key=f"data.tasks.{task_name}.on_missing")
     examples = []
-    for qa in sorted(load_qa_candidates(path, query_ids), key=lambda e: e.query.query_id):
-        if not qa.query.answers:
-            raise DataFormatError(
-                path, f"question '{qa.query.query_id}' has no answer: the teacher needs one", field="answers"
+    for qa in sorted(load_qa_candidates(path, query_ids, report=report), key=lambda e: e.query.query_id):
+        if use_labels and not qa.positives:
+            file, _, line = qa.origin.rpartition(":")
+            report.add(
+                "no supporting paragraph (use_labels=true)",
+                file,
+                int(line),
+                "candidates",
+                qa.query.query_id,
             )
+            continue
         documents = [c.document for c in qa.candidates]
         keep = select_candidates(qa.query.text, documents, num_candidates, selection)
         examples.append(
@@ -68,6 +79,7 @@ def qa_from_candidates_file(
         )
         if max_queries is not None and len(examples) >= max_queries:
             break
+    report.notify()
     return examples
 
 
