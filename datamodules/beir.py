@@ -7,10 +7,10 @@ Layout: ``corpus.jsonl`` (``_id``, ``title``, ``text``), ``queries.jsonl`` (``_i
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 from datamodules.errors import DataFormatError
+from datamodules.hub import HubTable, load_table
 from datamodules.jsonl import read_jsonl, require_field
 from datamodules.records import Document, Query, RetrievalCorpus
 
@@ -155,48 +155,44 @@ def load_beir_folder(folder: str | Path, splits: list[str] | None = None) -> Ret
     )
 
 
-def load_beir_from_hub(
-    name: str, splits: list[str], revision: str | None = None, qrels_revision: str | None = None
-) -> RetrievalCorpus:
-    """Load a BEIR data set from the Hugging Face hub, e.g. ``BeIR/scifact`` (+ ``BeIR/scifact-qrels``).
+def load_beir_from_hub(name: str, splits: list[str], revision: str | None = None) -> RetrievalCorpus:
+    """Load a BEIR data set in the mteb hub layout, e.g. ``mteb/scifact`` or ``mteb/msmarco``.
 
-    ``revision`` pins the corpus/queries repository and ``qrels_revision`` the qrels one (two repositories,
-    two commit histories). Needs network access; offline, it raises a message saying how to point at a
-    local copy.
+    One repository holds config ``corpus`` (split ``corpus``: ``_id``, ``title``, ``text``), config
+    ``queries`` (split ``queries``: ``_id``, ``text``) and config ``default`` (the qrels, one split per
+    judged split: ``query-id``, ``corpus-id``, ``score``). The ``BeIR/<name>`` repositories are loading
+    scripts, which datasets >= 4 refuses: their name is answered with the ``mteb/<name>`` to use.
+    ``revision`` pins the repository's commit. Needs network access (or a populated HF cache).
     """
-    import datasets
-
-    def _load(repo: str, config: str | None, split: str):
-        revision_here = qrels_revision if repo.endswith("-qrels") else revision
-        try:
-            return datasets.load_dataset(repo, config, split=split, revision=revision_here)
-        except Exception as err:  # datasets raises several types for an unreachable hub
-            offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
-            raise DataFormatError(
-                repo,
-                f"could not load '{repo}' ({config or 'default'}, split {split}) from the hub "
-                f"({'offline mode is set' if offline else type(err).__name__ + ': ' + str(err)[:200]}). "
-                "Without network access, download the BEIR folder elsewhere and point data.path at it "
-                "(a folder with corpus.jsonl, queries.jsonl, qrels/<split>.tsv).",
-            ) from err
-
-    corpus = {
-        str(row["_id"]): Document(doc_id=str(row["_id"]), text=row["text"], title=row.get("title") or "")
-        for row in _load(name, "corpus", "corpus")
-    }
-    queries = {
-        str(row["_id"]): Query(query_id=str(row["_id"]), text=row["text"])
-        for row in _load(name, "queries", "queries")
-    }
+    corpus: dict[str, Document] = {}
+    for row in _hub_rows(name, "corpus", "corpus", revision):
+        doc_id = str(row["_id"])
+        corpus[doc_id] = Document(doc_id=doc_id, text=row["text"] or "", title=row.get("title") or "")
+    if not corpus:
+        raise DataFormatError(name, "corpus is empty")
+    where = f"{name} (queries) split queries"
+    queries: dict[str, Query] = {}
+    for number, row in enumerate(_hub_rows(name, "queries", "queries", revision), start=1):
+        if not (row["text"] or "").strip():
+            raise DataFormatError(where, f"empty query text (query '{row['_id']}')", number, "text")
+        queries[str(row["_id"])] = Query(query_id=str(row["_id"]), text=row["text"])
     qrels: dict[str, dict[str, dict[str, int]]] = {}
     for split in splits:
         table: dict[str, dict[str, int]] = {}
-        for row in _load(f"{name}-qrels", None, split):
+        for row in _hub_rows(name, "default", split, revision):
             table.setdefault(str(row["query-id"]), {})[str(row["corpus-id"])] = int(row["score"])
         qrels[split] = table
-    if not corpus:
-        raise DataFormatError(name, "corpus is empty")
-    return RetrievalCorpus(corpus=corpus, queries=queries, qrels=qrels, name=name.split("/")[-1])
+    return RetrievalCorpus(
+        corpus=corpus,
+        queries=queries,
+        qrels=qrels,
+        name=name.split("/")[-1],
+        qrels_sources={split: f"{name} (default) split {split}" for split in splits},
+    )
+
+
+def _hub_rows(name: str, config: str, split: str, revision: str | None):
+    return load_table(HubTable(name, config, split, revision=revision))
 
 
 def split_query_ids(folder: str | Path, split: str) -> set[str]:

@@ -6,6 +6,8 @@ A task spec is one of:
   ``qrels/<split>.tsv``) or a data alias (``hotpotqa``, ``tiny_hotpotqa``), e.g. ``hotpotqa@dev`` or
   ``/tmp/scifact@test``. The split defaults to ``test``, else ``dev``, else the folder's only split. It
   becomes a :class:`LocalBEIRRetrieval` task: runs offline, nothing is downloaded.
+- a named task set of :data:`TASK_SETS` (``nanobeir``, ``beir``, ``mteb_eng_v2_retrieval``,
+  ``rteb_eng_public``), the papers' evaluation suites;
 - an mteb task name (``NanoSciFactRetrieval``, ``SciFact``) or benchmark name (``NanoBEIR``, ``BEIR``,
   ``RTEB(eng, beta)``): the task definitions ship with mteb, their data come from the Hugging Face hub.
   :func:`preload` loads them once; offline it raises :class:`MTEBTaskUnavailableError` saying how to run
@@ -30,6 +32,27 @@ from datamodules.errors import DataFormatError, MTEBTaskUnavailableError
 from datamodules.paths import ALIASES, resolve_data_path
 
 PREFERRED_SPLITS = ("test", "dev")
+# Named task sets for the papers' evaluations, taken from mteb's own benchmark definitions (nothing
+# hard-coded drifts from the installed mteb): name -> (benchmark, which of its tasks)
+TASK_SETS = {
+    "nanobeir": ("NanoBEIR", "all"),  # 13 tasks, 50 queries each: cheap enough for every validation
+    "beir": ("BEIR", "all"),  # the 15 BEIR tasks (MSMARCO on dev, the others on test)
+    "mteb_eng_v2_retrieval": ("MTEB(eng, v2)", "retrieval"),  # the 10 retrieval tasks of MTEB(eng, v2)
+    "rteb_eng_public": ("RTEB(eng, beta)", "public"),  # RTEB's public English tasks (the private need access)
+}
+
+
+def task_set(name: str) -> list[AbsTask]:
+    """The tasks of a named set of :data:`TASK_SETS`."""
+    import mteb
+
+    benchmark, which = TASK_SETS[name]
+    tasks = list(mteb.get_benchmark(benchmark).tasks)
+    if which == "retrieval":
+        tasks = [t for t in tasks if t.metadata.type == "Retrieval"]
+    elif which == "public":
+        tasks = [t for t in tasks if t.metadata.is_public]
+    return tasks
 
 
 def default_split(folder: Path) -> str:
@@ -135,6 +158,8 @@ def resolve_task_spec(spec: str | AbsTask, max_queries: int | None = None) -> li
 
     if isinstance(spec, AbsTask):
         return [spec]
+    if spec in TASK_SETS:
+        return task_set(spec)
     local = parse_local_spec(spec)
     if local is not None:
         folder, split = local

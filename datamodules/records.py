@@ -37,6 +37,11 @@ class QAExample:
     candidates: tuple[Candidate, ...]
     origin: str = field(default="", compare=False)  # "<file>:<line>" the example was read from
 
+    def location(self) -> tuple[str, int | None]:
+        """``(file, line)`` of :attr:`origin` (line None when unknown), for messages."""
+        path, _, line = self.origin.rpartition(":")
+        return (path, int(line)) if path and line.isdigit() else (self.origin, None)
+
     def negatives_given(self, gold: set[str]) -> list[Document]:
         """Candidates that are neither marked relevant nor in ``gold`` (the qrels' relevant ids): a gold
         document is never a negative, whatever the candidate file says."""

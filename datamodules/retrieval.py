@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datamodules.beir import load_beir_folder, load_beir_from_hub
+from datamodules.hub_export import cached_export
 from datamodules.missing import check_policy
 from datamodules.paths import resolve_data_path
 from datamodules.records import RetrievalCorpus, TrainExample
@@ -100,12 +101,15 @@ class RetrievalDataModule(L.LightningDataModule):
     Args:
         path: a local BEIR folder or an alias (``hotpotqa``: the vendored sample; ``tiny_hotpotqa``: the
             in-repo fixture). Ignored when ``hub_name`` is set.
-        hub_name: a hub data set (e.g. ``BeIR/scifact``) loaded with ``datasets.load_dataset``.
+        hub_name: a BEIR-layout hub data set (e.g. ``mteb/scifact``) loaded with ``datasets.load_dataset``.
+        hub_sources: hub QA sets (``msmarco``, ``nq``, ``hotpotqa``, or ``{name, max_train_queries,
+            max_dev_queries}``) written once as a cached local folder (:mod:`datamodules.hub_export`),
+            then read like ``path``.
         negatives: ``candidates`` (the QA file's non-supporting paragraphs; they come with the gold ones),
             ``bm25`` (mined from the corpus, label-free), or ``random`` (random corpus documents).
         group_size: documents per query in a batch (positives first, then negatives).
         positives_per_query: how many of a query's positives each group holds (multi-positive losses).
-        tiny: use the tiny fixture instead of ``path`` (set by ``debug=tiny``).
+        tiny: use the tiny fixture (its ``train`` / ``dev`` splits) instead of the data (set by ``debug=tiny``).
         on_missing: a training question without a relevant document or (QA file) without an answer:
             ``error`` (default: the message names file and line) or ``skip`` (left out, counted in a notice).
     """
@@ -114,6 +118,7 @@ class RetrievalDataModule(L.LightningDataModule):
         self,
         path: str = "hotpotqa",
         hub_name: str | None = None,
+        hub_sources: list[str | dict[str, Any]] | None = None,
         qa_file: str | None = "qa_candidates.jsonl",
         train_split: str = "train",
         eval_split: str = "dev",
@@ -136,7 +141,10 @@ class RetrievalDataModule(L.LightningDataModule):
             raise ValueError(f"data.group_size must be >= 1, got {group_size}")
         self.path = "tiny_hotpotqa" if tiny else path
         self.hub_name = None if tiny else hub_name
+        self.hub_sources = None if tiny else hub_sources
         self.qa_file, self.train_split, self.eval_split = qa_file, train_split, eval_split
+        if tiny:  # the fixture replaces the data, its splits come along (a hub set's "test" is not there)
+            self.train_split, self.eval_split = "train", "dev"
         self.negatives, self.group_size, self.batch_size = negatives, group_size, batch_size
         self.positives_per_query = positives_per_query
         self.on_missing = check_policy(on_missing)
@@ -153,6 +161,8 @@ class RetrievalDataModule(L.LightningDataModule):
     def load_corpus(self) -> RetrievalCorpus:
         if self.corpus is None:
             splits = sorted({self.train_split, self.eval_split})
+            if self.hub_sources:
+                self.path = str(cached_export(list(self.hub_sources), self.on_missing))
             if self.hub_name:
                 self.corpus = load_beir_from_hub(self.hub_name, splits)
             else:
