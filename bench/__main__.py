@@ -44,7 +44,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "dream_doc_tokens": 64,
         "dream_repeats": 3,
         "bm25_docs": (200_000, 1_000_000),
-        "bm25_queries": 10_000,
+        "bm25_queries": 2_000,
     },
     "quick": {
         "ceiling_repeats": 3,

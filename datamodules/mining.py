@@ -4,9 +4,10 @@ The index is built once per corpus and setting and cached on disk: the cache key
 fingerprint (SHA-256 over every text, in order) plus the tokenizer and BM25 settings and the bm25s
 version; the folder is written through :func:`retrieval.cache.build_dir_atomically`, so a killed build
 leaves nothing half-written, and it is reloaded memory-mapped. Queries are tokenized and retrieved in
-batches (``LSR_BM25_THREADS`` threads); bm25s selects each query's top k with NumPy (no per-query
-Python sort). Corpora below
-``CACHE_MIN_DOCUMENTS`` are indexed in memory every time (milliseconds). See docs/scale.md.
+batches by bm25s (``LSR_BM25_THREADS`` threads), which sums each query's posting lists and selects its top k
+with NumPy (``argpartition``; no per-query Python sort). A batched alternative (one weighted ``bincount``
+per batch) was measured slower and far larger in memory on frequent words: docs/data.md. Corpora below
+``CACHE_MIN_DOCUMENTS`` are indexed in memory every time (milliseconds). See docs/data.md.
 """
 
 from __future__ import annotations
@@ -26,9 +27,8 @@ TOKENIZER = {"lower": True, "splitter": r"(?u)\b\w\w+\b", "stopwords": "en"}
 BM25_PARAMS = {"k1": 1.5, "b": 0.75, "method": "lucene"}
 CACHE_MIN_DOCUMENTS = 20_000
 QUERY_BATCH = 4096
-THREADS = int(
-    os.environ.get("LSR_BM25_THREADS", "0")
-)  # bm25s retrieval threads (0: sequential, -1: all CPUs)
+# bm25s retrieval threads (0: sequential, -1: all CPUs)
+THREADS = int(os.environ.get("LSR_BM25_THREADS", "0"))
 
 
 def corpus_fingerprint(texts: Iterable[str]) -> str:
@@ -99,10 +99,11 @@ class BM25Index:
         return cls.load(folder)
 
     def top_k(self, queries: Sequence[str], k: int, batch_size: int = QUERY_BATCH) -> np.ndarray:
-        """``[len(queries), min(k, size)]`` document indices, best first, retrieved ``batch_size`` at a time."""
+        """``[len(queries), min(k, size)]`` document indices, best first, retrieved ``batch_size`` at a time
+        by bm25s (``LSR_BM25_THREADS`` threads)."""
         k = min(k, self.size)
         tokenizer = _tokenizer()
-        rows = []
+        rows = [np.zeros((0, k), dtype=np.int64)]
         for start in range(0, len(queries), batch_size):
             tokens = tokenizer.tokenize(  # update_vocab: every batch's words are kept (default: first batch only)
                 list(queries[start : start + batch_size]),
@@ -112,7 +113,7 @@ class BM25Index:
             )
             found, _ = self.retriever.retrieve(tokens, k=k, show_progress=False, n_threads=THREADS)
             rows.append(np.asarray(found, dtype=np.int64))
-        return np.concatenate(rows) if rows else np.zeros((0, k), dtype=np.int64)
+        return np.concatenate(rows)
 
 
 def bm25_index(texts: Sequence[str], cache: bool | None = None) -> BM25Index:

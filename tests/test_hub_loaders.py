@@ -443,3 +443,43 @@ def test_tool_from_hub_keeps_query_ids_unique_across_files(fake_hub):
     assert [c["data_files"] for c in hub.calls] == ["G1_query.json", "G2_query.json"]
     ids = [e.query_id for e in examples]
     assert ids[0].startswith("G1_query-") and ids[1].startswith("G2_query-") and len(set(ids)) == 2
+
+
+# ---- no loader runs a loading script ----------------------------------------------------------------------------
+def every_hub_table() -> list:
+    from datamodules.hub import HubTable, json_files
+    from datamodules.hub_qa import QA_TABLES
+    from datamodules.llm_embedder_tasks.chat import MSC_REPO
+    from datamodules.llm_embedder_tasks.convsearch import HUB_NAME
+    from datamodules.llm_embedder_tasks.icl import FLAN_FILES, FLAN_REPO
+    from datamodules.llm_embedder_tasks.long_context import LONG_TEXT_SOURCES
+    from datamodules.unlabeled_queries import HUB_QUERY_SETS
+
+    tables = [t for splits in QA_TABLES.values() for t in splits.values()]
+    tables += list(HUB_QUERY_SETS.values()) + [table("train") for table, _ in LONG_TEXT_SOURCES.values()]
+    tables += [HubTable(MSC_REPO), HubTable(HUB_NAME), json_files(FLAN_REPO, FLAN_FILES.format(task="trec"))]
+    return tables
+
+
+def test_no_hub_table_is_a_loading_script_or_remote_code():
+    from tests.hub_fakes import script_free_problem
+
+    tables = every_hub_table()
+    assert len(tables) == 12
+    for table in tables:
+        arguments = {"path": table.path, "data_files": table.data_files}
+        assert script_free_problem(arguments) is None, table
+        if (
+            table.data_files
+        ):  # packaged builders read parquet / json files of a repository (or its conversion)
+            assert table.data_files.startswith("hf://datasets/") and table.data_files.endswith(
+                (".parquet", ".jsonl")
+            )
+
+
+@pytest.mark.parametrize("repo", ["Tevatron/wikipedia-nq", "deepmind/pg19", "BeIR/scifact", "BeIR/msmarco"])
+def test_a_loading_script_repository_is_refused_naming_what_to_use(repo):
+    from datamodules.hub import HubTable, load_table
+
+    with pytest.raises(DataFormatError, match=f"{repo}: is a loading-script repository.*; use "):
+        load_table(HubTable(repo))

@@ -44,7 +44,8 @@ def resolve_task_path(path: str) -> Path:
 
 
 def local_qa(name: str, args: dict[str, Any], tiny: bool) -> list[TaskExample]:
-    folder = resolve_task_path("tiny_hotpotqa" if tiny else args.pop("path", "hotpotqa"))
+    path = args.pop("path", "hotpotqa")
+    folder = resolve_task_path("tiny_hotpotqa" if tiny else path)
     split = args.pop("split", "train")
     file = args.pop("file", "qa_candidates.jsonl")
     return qa_from_candidates_file(folder / file, split_query_ids(folder, split), task_name=name, **args)
