@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.bm25_mining import summary_lines as bm25_summary_lines
+
 GOALS = {"mfu_small": 0.40, "encode_speedup": 1.5, "encode_cosine": 0.999, "cached_over_first": 0.05}
 
 
@@ -246,6 +248,7 @@ SECTIONS = {
     "signal_cache": signal_section,
     "frozen_memory": memory_section,
     "dream": dream_section,
+    "bm25_mining": bm25_summary_lines,
 }
 
 

@@ -261,10 +261,11 @@ def check_data_source(data: Any) -> None:
         and "path" in data
         and data.get("path") is None
         and not data.get("hub_name")
+        and not data.get("hub_sources")
     ):
         raise ConfigError(
             "data.path is not set: point it at a BEIR folder (corpus.jsonl, queries.jsonl, "
-            "qrels/<split>.tsv), e.g. data.path=/data/scifact, or set data.hub_name"
+            "qrels/<split>.tsv), e.g. data.path=/data/scifact, or set data.hub_name / data.hub_sources"
         )
 
 
