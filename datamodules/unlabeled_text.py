@@ -18,9 +18,7 @@ reference's concatenated blocks).
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBas
 
 from datamodules.beir import load_corpus
 from datamodules.errors import DataFormatError
+from datamodules.hub import HubTable, iter_rows
 from datamodules.jsonl import read_jsonl, require_field
 from datamodules.paths import ALIASES
 from datamodules.unlabeled_queries import QUERY_SETS, load_unlabeled_queries
@@ -39,49 +38,33 @@ from datamodules.unlabeled_queries import QUERY_SETS, load_unlabeled_queries
 MODES = ("mntp", "simcse")
 
 
-@dataclass(frozen=True)
-class HubText:
-    """Arguments of one ``datasets.load_dataset`` call and the text column."""
-
-    path: str
-    split: str
-    name: str | None = None
-    data_files: str | None = None
-    column: str = "text"
-
-
-HUB_TEXTS = {
-    "wikitext103": HubText(path="Salesforce/wikitext", name="wikitext-103-raw-v1", split="train"),
-    "wiki1m": HubText(
-        path="text",
-        data_files="hf://datasets/princeton-nlp/datasets-for-simcse/wiki1m_for_simcse.txt",
-        split="train",
+HUB_TEXTS = {  # (table, text column); checked against the stored cards (docs/data.md)
+    "wikitext103": (HubTable("Salesforce/wikitext", name="wikitext-103-raw-v1", split="train"), "text"),
+    "wiki1m": (
+        HubTable(
+            "text",
+            split="train",
+            data_files="hf://datasets/princeton-nlp/datasets-for-simcse/wiki1m_for_simcse.txt",
+        ),
+        "text",
     ),
 }
 LOCAL_TEXTS = ("hotpotqa_corpus", "nq_open", "tiny_fixture")
 
 
-def hub_texts(source: HubText) -> Iterator[str]:
-    """The text column of a hub data set, streamed (nothing is downloaded beyond what is read)."""
-    import datasets
-
-    kwargs: dict[str, Any] = {"split": source.split, "streaming": True}
-    if source.data_files is not None:
-        kwargs["data_files"] = source.data_files
+def hub_texts(table: HubTable, column: str) -> Iterator[str]:
+    """The text column of a hub table, streamed through :mod:`datamodules.hub` (nothing beyond what is read
+    is downloaded)."""
     try:
-        rows = datasets.load_dataset(source.path, source.name, **kwargs)
-        for row in rows:
-            yield row[source.column]
-    except KeyError as err:
-        raise DataFormatError(source.path, f"hub rows have no column '{source.column}'") from err
-    except Exception as err:  # datasets raises several types for an unreachable hub
-        offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
-        reason = "offline mode is set" if offline else f"{type(err).__name__}: {str(err)[:200]}"
+        for row in iter_rows(table, streaming=True):
+            if column not in row:
+                raise DataFormatError(table.describe(), f"hub rows have no column '{column}'")
+            yield row[column]
+    except DataFormatError as err:
         raise DataFormatError(
-            source.data_files or source.path,
-            f"could not stream {source.path} ({source.name or 'default'}, split {source.split}) from the hub "
-            f"({reason}). Without network access use the local sources (hotpotqa_corpus, nq_open) or a "
-            "local .txt/.jsonl file.",
+            table.data_files or table.path,
+            f"{err.args[0]}. A stage's text can come from the local sources instead (hotpotqa_corpus, "
+            "nq_open) or a local .txt / .jsonl file",
         ) from err
 
 
@@ -106,7 +89,7 @@ def local_file_texts(path: Path) -> Iterator[str]:
 def source_texts(source: str) -> Iterator[str]:
     """Every text of one source, in file order (see the module docstring)."""
     if source in HUB_TEXTS:
-        yield from hub_texts(HUB_TEXTS[source])
+        yield from hub_texts(*HUB_TEXTS[source])
     elif source == "hotpotqa_corpus":
         yield from (d.as_text() for d in load_corpus(ALIASES["hotpotqa"] / "corpus.jsonl").values())
     elif source == "nq_open":
