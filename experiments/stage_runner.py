@@ -196,17 +196,28 @@ class StageReport:
         return fields
 
 
+def string_leaves(tree: Any) -> list[str]:
+    if isinstance(tree, dict):
+        return [leaf for value in tree.values() for leaf in string_leaves(value)]
+    if isinstance(tree, list):
+        return [leaf for value in tree for leaf in string_leaves(value)]
+    return [tree] if isinstance(tree, str) else []
+
+
 def used_stages(cfg: DictConfig) -> list[str]:
     """The stages whose output a key outside ``stages`` uses, with the earlier stages they build on."""
     names = stage_names(cfg)
     paths = {name: str(stage_path(cfg, name)) for name in names}
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    text = json.dumps({k: v for k, v in resolved.items() if k != "stages"}, default=str)
-    used = {name for name, path in paths.items() if path in text}
+
+    def referenced(tree: Any) -> set[str]:
+        leaves = string_leaves(tree)
+        return {name for name, path in paths.items() if any(path in leaf for leaf in leaves)}
+
+    used = referenced({k: v for k, v in resolved.items() if k != "stages"})
     for name in reversed(names):  # references point to earlier stages only (check_stages)
         if name in used:
-            settings = json.dumps(resolved["stages"][name], default=str)
-            used |= {upstream for upstream, path in paths.items() if path in settings}
+            used |= referenced(resolved["stages"][name])
     return [name for name in names if name in used]
 
 
