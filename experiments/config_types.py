@@ -40,10 +40,14 @@ class RootSettings:
     resume: bool | str  # or the run directory to continue (resume=<run dir>)
     eval_before_training: bool
     meta: dict
+    stages: dict
 
 
 def matches(value: Any, annotation: Any) -> bool | None:
-    """Whether ``value`` fits ``annotation``: True, False, or None when the annotation cannot tell."""
+    """Whether ``value`` fits ``annotation``: True, False, or None when the annotation cannot tell. ``null``
+    is not judged (configs write it for "not set"; the constructor decides what that means)."""
+    if value is None:
+        return None
     origin = get_origin(annotation)
     if annotation in (Any, inspect.Parameter.empty) or isinstance(annotation, str | typing.TypeVar):
         return None

@@ -88,6 +88,16 @@ def load_export(folder: Path) -> Any:
     )
 
 
+def stage_attention(folder: Path) -> str:
+    """The attention a pipeline stage's output was trained with (its marker file), else ``causal``."""
+    from lightning_modules.models.registry import STAGE_MARKER
+
+    marker = folder / STAGE_MARKER
+    if not marker.is_file():
+        return "causal"
+    return json.loads(marker.read_text()).get("metrics", {}).get("attention", "causal")
+
+
 def sentence_transformers_pooling(folder: Path) -> tuple[str | None, bool]:
     """(pooling, normalize) declared by a sentence-transformers folder, or (None, True) if it isn't one."""
     modules_file = folder / "modules.json"
@@ -140,6 +150,7 @@ def load_model(spec: str, args: argparse.Namespace) -> tuple[Any, str, str, Path
         spec,
         pooling=args.pooling or pooling or "mean",
         normalize=normalize,
+        attention=args.attention or stage_attention(path),
         max_length=args.max_length,
         query_instruction=args.query_instruction,
         document_instruction=args.document_instruction,

@@ -6,7 +6,8 @@
 - a Lightning checkpoint (``.ckpt``; the module class comes from the run's ``config.yaml``, else from
   composing ``--exp``),
 - a baseline model name or folder (``all-minilm-l6-v2``, ``smollm2-135m-instruct``, a hub name, a HF or
-  sentence-transformers folder), embedded with ``--pooling`` / ``--max-length``.
+  sentence-transformers folder), embedded with ``--pooling`` / ``--max-length`` / ``--attention``; a
+  pipeline stage's output (e.g. LLM2Vec-Gen's built teacher) is read with the attention it was built for.
 
 Tasks are specs of :mod:`datamodules.mteb_tasks` (``hotpotqa@dev``, ``/tmp/scifact@test``, ``NanoBEIR``).
 Writes ``mteb_results.json`` and ``mteb_results.md`` into ``--output`` (default: ``<run>/mteb_eval`` for
@@ -148,6 +149,12 @@ def parse_args(argv: list[str]) -> Any:
         "--pooling", default=None, choices=["cls", "mean", "last"], help="baseline models: pooling"
     )
     parser.add_argument("--max-length", type=int, default=256, help="baseline models: max tokens")
+    parser.add_argument(
+        "--attention",
+        default=None,
+        choices=["causal", "bidirectional"],
+        help="baseline models: attention (default: a stage output's own, else causal)",
+    )
     parser.add_argument("--query-instruction", default="", help="baseline models: query prefix")
     parser.add_argument("--document-instruction", default="", help="baseline models: document prefix")
     parser.add_argument("--threads", type=int, default=None)

@@ -1,5 +1,5 @@
-"""Step 2 of a training run (experiments/train.py): build everything from the config, evaluate before
-training, train, evaluate after.
+"""Step 2 of a training run (experiments/train.py): build the paper's earlier stages (cached), then
+everything from the config; evaluate before training, train, evaluate after.
 
 The model, the callbacks (``cfg.callbacks``: every one is in the config, the resume and random-state
 checkpoints and the step timer included), the loggers and the trainer (its plugins, e.g. the atomic
@@ -32,6 +32,7 @@ from experiments.cli import RunInterrupted
 from experiments.loggers import build_loggers
 from experiments.run_dir import check_or_store_config
 from experiments.run_prepare import PreparedRun
+from experiments.stage_runner import StageReport, run_stages
 
 # Lightning warns on every mid-epoch resume because the position lives in the data module's state, not
 # in the DataLoader; the data modules restore it exactly (docs/reliability.md), so the warning misleads.
@@ -45,11 +46,15 @@ class FitOutcome:
     before: dict[str, Any] | None  # dev metrics of the untrained model
     after: dict[str, Any] | None  # dev metrics after training
     seconds: float
+    stages: StageReport  # the paper's earlier stages this run used (built or reused)
 
 
 def fit_and_evaluate(run: PreparedRun) -> FitOutcome:
     """Build, evaluate the untrained model, train (resuming when a checkpoint was found), evaluate."""
     start = time.perf_counter()
+    stages = run_stages(
+        run.cfg
+    )  # a paper's earlier stages, built once and cached (experiments/stage_runner.py)
     model = instantiate(run.cfg.model, _convert_="all")
     callbacks = [instantiate(spec) for spec in (run.cfg.callbacks or {}).values() if spec is not None]
     loggers = build_loggers(
@@ -66,7 +71,7 @@ def fit_and_evaluate(run: PreparedRun) -> FitOutcome:
     if trainer.is_global_zero:
         for stale in run.run_dir.glob("hpc_ckpt_*.ckpt"):  # superseded by last.ckpt at the final step
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
-    return FitOutcome(model, trainer, before, after, time.perf_counter() - start)
+    return FitOutcome(model, trainer, before, after, time.perf_counter() - start, stages)
 
 
 def evaluate_untrained(

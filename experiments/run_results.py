@@ -2,7 +2,7 @@
 
 ``results.json`` holds what the experiment declares (``meta``: method, start, candidates, label use), the
 budget (steps, seconds per step, peak memory), the dev metrics before and after training, where it
-resumed from, and what callbacks contribute (``callbacks/results.py``: Rabtriever's reranking, the export
+resumed from, the stages it used (a stage that uses labels leads ``label_use``), and what callbacks contribute (``callbacks/results.py``: Rabtriever's reranking, the export
 folder). Callbacks that describe the finished run (the export's model card) are handed the results once.
 Under ``debug=tiny`` the ``start`` names the tiny stand-ins that actually ran.
 """
@@ -19,7 +19,7 @@ from callbacks.step_timer import StepTimer, peak_memory_mb
 from experiments.run_dir import label_use_of
 from experiments.run_fit import FitOutcome
 from experiments.run_prepare import PreparedRun
-from lightning_modules.models.registry import tiny_family_for
+from lightning_modules.models.registry import is_stage_output, tiny_family_for
 from retrieval.cache import write_json_atomically
 
 
@@ -35,6 +35,7 @@ def write_results(run: PreparedRun, outcome: FitOutcome) -> dict[str, Any]:
         "resumed_from": run.resume_from,
         "resumed_at_step": run.resume_step,
     }
+    results.update(outcome.stages.results_fields(results))
     for callback in callbacks:
         if isinstance(callback, ContributesResults):
             results.update(callback.results_summary())
@@ -63,11 +64,13 @@ def declared(cfg: DictConfig) -> dict[str, Any]:
 
 
 def tiny_models_of(model: DictConfig) -> str:
-    """``tiny-llama, tiny-bert``: the tiny model each ``name_or_path`` of the model config becomes."""
+    """``tiny-llama, tiny-bert``: the tiny model each ``name_or_path`` of the model config becomes (a stage
+    output is used as it is: it was built from tiny models)."""
     names = []
     for block in model.values():
         if isinstance(block, DictConfig) and isinstance(block.get("name_or_path"), str):
-            tiny = f"tiny-{tiny_family_for(block.name_or_path)}"
+            name = block.name_or_path
+            tiny = f"stage output {name}" if is_stage_output(name) else f"tiny-{tiny_family_for(name)}"
             names += [tiny] if tiny not in names else []
     return ", ".join(names) or "tiny models"
 

@@ -1,7 +1,8 @@
 """Defaults stated once: every experiment resolves to the values it had before its files listed only
-differences (reference: tests/data/resolved_configs_3144561.json, dumped at commit 3144561).
+differences (reference: tests/data/resolved_configs_6edaeeb.json, dumped at commit 6edaeeb, main before the restructure of the config files).
 
-The deliberate changes are named and checked here, never ignored wholesale:
+The reference is every ``exp=<name>`` and ``exp=<name> debug=tiny`` composed and resolved at that commit
+(``LSR_CACHE_DIR=/LSR_CACHE``; ``LSR_OUTPUT_ROOT`` and ``TOOLBENCH_QUERIES`` unset). The deliberate changes are named and checked here, never ignored wholesale:
 - ``model.optimizer`` became a ``_partial_`` target: ``torch.optim.AdamW`` with the same arguments;
 - every model block (embedder, frozen LM, Rabtriever's first stage) carries ``tiny: ${tiny_models}``, the
   explicit flag that replaced the ``LSR_TINY_MODELS`` environment variable;
@@ -21,7 +22,7 @@ from omegaconf import OmegaConf
 
 from tests.helpers import compose_config
 
-REFERENCE = json.loads((Path(__file__).parent / "data" / "resolved_configs_3144561.json").read_text())
+REFERENCE = json.loads((Path(__file__).parent / "data" / "resolved_configs_6edaeeb.json").read_text())
 WIRING_CALLBACKS = {
     "random_state": "callbacks.resume.RandomStateCheckpoint",
     "preemption": "callbacks.resume.PreemptionAtBatchEnd",
@@ -69,6 +70,7 @@ def differences(expected: Any, actual: Any, where: str = "") -> list[str]:
 def test_every_experiment_resolves_to_its_values_before_the_restructure(case, monkeypatch):
     monkeypatch.delenv("LSR_OUTPUT_ROOT", raising=False)
     monkeypatch.delenv("TOOLBENCH_QUERIES", raising=False)
+    monkeypatch.setenv("LSR_CACHE_DIR", "/LSR_CACHE")  # stage outputs live under the cache root (as dumped)
     experiment, variant = case.split("|")
     overrides = [f"exp={experiment}", *(["debug=tiny"] if variant == "tiny" else [])]
     resolved = OmegaConf.to_container(compose_config(overrides), resolve=True)
