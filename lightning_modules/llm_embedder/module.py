@@ -15,7 +15,7 @@ from lightning_modules.base import RetrieverModule
 from lightning_modules.distributed import gather_no_grad, gather_with_grad, world_size
 from lightning_modules.llm_embedder.teacher import ScoringItem, TeacherScorer
 from lightning_modules.llm_embedder.templates import TaskSettings, settings_as_dict, task_settings
-from lightning_modules.losses.contrastive import info_nce_loss
+from lightning_modules.losses.contrastive import info_nce_loss, similarity_logits
 from lightning_modules.losses.distillation import (
     contiguous_candidate_columns,
     graded_distillation_loss,
@@ -152,7 +152,7 @@ class LLMEmbedder(RetrieverModule):
             self.embedder.embed([settings.key_instruction + k for k in batch["keys"]], "document")
         )
         device = queries.device
-        logits = queries @ keys.T / self.temperature
+        logits = similarity_logits(queries, keys, self.temperature)  # fp32 even under bf16 autocast
         columns = contiguous_candidate_columns(queries.shape[0], group, device)
         labels = gather_no_grad(batch["labels"].to(device)) if batch.get("labels") is not None else None
 
