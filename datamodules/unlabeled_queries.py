@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules.errors import DataFormatError
 from datamodules.jsonl import read_jsonl, require_field
 from datamodules.records import Query
-from datamodules.retrieval import EpochAwareSampler, RetrievalDataModule
+from datamodules.retrieval import RetrievalDataModule
 
 QUERY_SETS = {"nq_open": Path(__file__).resolve().parent / "data" / "nq_open" / "queries.jsonl"}
 TRAIN_SPLIT_QUERIES = "train_split"
@@ -102,7 +102,7 @@ class UnlabeledQueryDataModule(RetrievalDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=EpochAwareSampler(len(dataset), self.seed),
+            sampler=self.resumable_sampler(len(dataset)),
             collate_fn=collate_queries,
             num_workers=self.num_workers,
             drop_last=len(dataset) >= self.batch_size,
