@@ -26,6 +26,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from callbacks.untrained_cache import read_untrained_score, write_untrained_score
+from lightning_modules.distributed import call_through_strategy
 from retrieval.cache import write_json_atomically
 from retrieval.metrics import evaluate_run
 from retrieval.search import exact_top_k
@@ -154,21 +155,6 @@ class RetrievalEvaluation(L.Callback):
                 ):
                     lines.append(f"{qid} Q0 {doc} {rank} {score:.6f} lsr")
             (out / f"run_step_{step:06d}.trec").write_text("\n".join(lines) + "\n")
-
-
-def call_through_strategy(trainer: L.Trainer, pl_module: L.LightningModule, method: str, *args: Any) -> Any:
-    """``pl_module.<method>(*args)``; under FSDP routed through the wrapped model's ``forward``.
-
-    FSDP gathers a unit's sharded parameters only inside ``forward``: a plain method call on the
-    LightningModule would see the root unit's parameters as flat shards. Lightning's own
-    training/validation steps use the same forward redirection.
-    """
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    strategy = trainer.strategy
-    if isinstance(strategy, FSDPStrategy) and strategy.model is not None and strategy.model is not pl_module:
-        return strategy._forward_redirection(strategy.model, pl_module, method, *args)
-    return getattr(pl_module, method)(*args)
 
 
 def shard_bounds(count: int, world_size: int, rank: int) -> tuple[int, int]:
