@@ -27,14 +27,17 @@ class NonFiniteLossError(FloatingPointError):
 def gradients_are_finite(grads: list[torch.Tensor]) -> bool:
     """Whether every gradient on every rank is finite, with one host synchronisation per call.
 
-    One fused norm per tensor (``torch._foreach_norm``), one flag, one all-reduce (MIN) across ranks when
+    One fused norm per tensor (``torch._foreach_norm``, per dtype), one flag, one all-reduce (MIN) across ranks when
     distributed: under FSDP each rank holds a different shard, so the ranks must agree before one of them
     skips or stops. A norm that overflows fp32 counts as non-finite (clipping could not rescue it either).
     """
     if not grads:
         return True
-    norms = torch._foreach_norm(grads, 2, dtype=torch.float32)
-    flag = torch.stack(norms).isfinite().all().to(torch.int32)
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for grad in grads:
+        by_dtype.setdefault(grad.dtype, []).append(grad)
+    finite = [torch.stack(torch._foreach_norm(group)).isfinite().all() for group in by_dtype.values()]
+    flag = torch.stack(finite).all().to(torch.int32)
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 def similarity_logits(
     query_embeddings: torch.Tensor, document_embeddings: torch.Tensor, temperature: float = 1.0
 ) -> torch.Tensor:
-    """``s_ij = q_i · d_j / τ`` ``[Q, D]`` in float32, with autocast off for the product.
+    """``s_ij = q_i · d_j / τ`` ``[Q, D]`` in float32 (float64 inputs stay float64), autocast off.
 
     Under ``bf16-mixed`` autocast a plain ``q @ d.T`` is computed in bf16: cosines are rounded to 2⁻⁸
     (8 mantissa bits), which at τ = 0.01 is a ±0.2 error on every logit. The inputs are upcast and the
@@ -17,8 +17,11 @@ def similarity_logits(
 
     Example: ``q = [[1, 0]]``, ``d = [[0.6, 0.8]]``, τ = 0.5 gives ``[[1.2]]``.
     """
+    dtype = torch.promote_types(
+        torch.promote_types(query_embeddings.dtype, document_embeddings.dtype), torch.float32
+    )
     with torch.autocast(device_type=query_embeddings.device.type, enabled=False):
-        return query_embeddings.float() @ document_embeddings.float().T / temperature
+        return query_embeddings.to(dtype) @ document_embeddings.to(dtype).T / temperature
 
 
 def info_nce_loss(
