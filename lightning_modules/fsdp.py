@@ -178,7 +178,7 @@ def disable_implicit_caches(model: nn.Module, layer_names: set[str]) -> list[str
     for name, module in model.named_modules():
         if not isinstance(module, PreTrainedModel) or not getattr(module.config, "use_cache", False):
             continue
-        if any(layer.startswith(f"{name}.") for layer in layer_names):
+        if any(layer.startswith(f"{name}." if name else "") for layer in layer_names):
             module.config.use_cache = False
             changed.append(name)
     return changed
