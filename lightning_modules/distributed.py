@@ -129,7 +129,7 @@ def call_through_strategy(
     """
     from lightning.pytorch.strategies import FSDPStrategy
 
-    strategy = trainer.strategy
+    strategy = getattr(trainer, "strategy", None)
     name = method if isinstance(method, str) else REDIRECTED_CALL
     if not (
         isinstance(strategy, FSDPStrategy) and strategy.model is not None and strategy.model is not pl_module

@@ -109,10 +109,10 @@ def test_recomputed_layers_reuse_the_document_cache_without_growing_it(tokenizer
     apply_activation_checkpointing(checkpointed, check_fn=lambda m: isinstance(m, GradientCheckpointingLayer))
     inputs = make_inputs(tokenizer)
     results = []
-    for model in (plain, checkpointed):
+    for lm in (plain, checkpointed):
         cosines = torch.tensor([[0.9, 0.1, -0.5], [0.0, 0.8, 0.2]], requires_grad=True)
         key_bias = key_position_bias(document_bias(cosines, 0.1), inputs.document_index)
-        loss = dream_lm_loss(model, inputs, key_bias, {0: (1, 2), 1: (0, 1, 2, 3)})
+        loss = dream_lm_loss(lm, inputs, key_bias, {0: (1, 2), 1: (0, 1, 2, 3)})
         loss.backward()
         results.append((loss.detach(), cosines.grad.clone()))
     torch.testing.assert_close(results[1][0], results[0][0])
