@@ -1,26 +1,30 @@
-"""FSDP for retrievers that learn from a frozen LM: which modules become FSDP units, and the strategy.
+"""FSDP for retrievers that learn from a frozen LM: which modules become FSDP units, and the strategy
+(docs/scale.md). It runs on CUDA GPUs over NCCL and on CPU over gloo (``trainer=fsdp_cpu``, the tests).
 
-FSDP flattens the parameters of each unit into one buffer. A unit holding both frozen and trainable
-parameters either fails (``use_orig_params=False``) or allocates gradient and optimizer memory for the
-frozen part too. So the units are chosen from the model itself, at wrap time:
+FSDP flattens the parameters of each unit into one buffer of one dtype. A unit holding both frozen and
+trainable parameters either fails (``use_orig_params=False``) or allocates gradient and optimizer memory
+for the frozen part too. So the units are chosen from the model itself, at wrap time:
 
 - every transformer layer (transformers' ``GradientCheckpointingLayer``, or a class named in a model's
   ``_no_split_modules``): the frozen LM's decoder layers and the embedder's layers are always separate
   units, since no layer belongs to both models;
 - inside a layer whose parameters are partly frozen (LoRA), every leaf module whose parameters all
   train (the ``lora_A`` / ``lora_B`` adapters) becomes a unit of its own, leaving the layer frozen;
-- everything else (token embeddings, final norms, LM heads, tied weights, small method heads) stays
-  in the root unit, which FSDP gathers for the whole training step. Modules are only ever entered
-  through ``forward`` (FSDP gathers a unit's parameters there), so methods may call the embedder's
-  and the frozen LM's helpers freely.
+- everything else stays in the root unit, which FSDP gathers for the whole training step: its trainable
+  part (token embeddings of a fully trained embedder, special tokens, heads, a predictor) is sharded, its
+  frozen part (the frozen LM's embeddings, final norm and LM head) is replicated on every rank
+  (``ignored_states``), so a bf16 frozen LM may sit next to fp32 trainable parameters. Code outside a
+  training or validation step enters the model through the wrapped ``forward``
+  (:func:`lightning_modules.distributed.call_through_strategy`), where FSDP gathers the root unit.
 
 Activation checkpointing wraps the chosen layers after sharding (``embedder``, ``frozen_lm`` or
 ``all``: gradients flow through the frozen LM's activations in DREAM and LLM2Vec-Gen, so its layers
-are worth recomputing too). Checkpoints are sharded (``state_dict_type="sharded"``): every rank writes
-its own shard into a checkpoint *directory*, which the same Lightning code resumes from. Such a directory
-is read back with ``torch.distributed.checkpoint``, which needs every tensor the model holds, so the
-frozen LM's shards are written too (each rank 1/world of them), unlike single-file checkpoints, where
-``RetrieverModule`` drops the frozen LM and reloads it by name.
+are worth recomputing too); the models holding them stop building implicit key/value caches, which a
+recompute would extend twice. Checkpoints are sharded (``state_dict_type="sharded"``): every rank writes
+its own shard into a checkpoint *directory*, staged and renamed into place once complete, which the same
+Lightning code resumes from. Such a directory is read back with ``torch.distributed.checkpoint``, which
+needs every tensor the model holds, so the frozen LM's tensors are written too, unlike single-file
+checkpoints, where ``RetrieverModule`` drops the frozen LM and reloads it by name.
 """
 
 from __future__ import annotations

@@ -226,7 +226,8 @@ def test_a_sharded_checkpoint_killed_mid_save_is_never_resumed_from(trained):
     assert resumed.returncode == 0, log[-4000:]
     assert f"resuming from {last} (step 1)" in log
     assert read_global_step(last) == 3 and not staging.exists()
-    losses = logged_losses(folder)
-    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
-    # the step before the kill is the uninterrupted run's (later steps: a multi-rank resume restarts the epoch)
-    assert losses[0] == pytest.approx(logged_losses(run_dir(trained / "fsdp", "default"))[0], rel=1e-6)
+    # the resumed run continues mid-epoch where it stopped: every step's loss is the uninterrupted run's
+    # (this embedder has no dropout, whose per-rank generator state a resume does not restore yet)
+    assert logged_losses(folder) == pytest.approx(
+        logged_losses(run_dir(trained / "fsdp", "default")), rel=1e-6
+    )
