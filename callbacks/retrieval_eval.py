@@ -26,9 +26,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from callbacks.untrained_cache import read_untrained_score, write_untrained_score
+from datamodules.records import RetrievalCorpus
 from lightning_modules.distributed import call_through_strategy
 from retrieval.cache import write_json_atomically
-from retrieval.metrics import evaluate_run
+from retrieval.metrics import evaluate_run, ranked
 from retrieval.search import exact_top_k
 
 
@@ -49,6 +50,15 @@ class RetrievalEvaluation(L.Callback):
     @property
     def last(self) -> dict[str, Any] | None:
         return self.history[-1] if self.history else None
+
+    def ranking(self, step: int) -> dict[str, list[str]] | None:
+        """Each query's retrieved document ids, best first (trec_eval order), from the evaluation at ``step``;
+        None when the last evaluation ran at another step or did not rank (a cached untrained score).
+        Later callbacks at the same validation (``callbacks.rag_eval``) reuse it instead of re-encoding."""
+        record = self.last
+        if record is None or record.get("step") != step or "run" not in record:
+            return None
+        return {qid: ranked(docs) for qid, docs in record["run"].items()}
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -78,24 +88,10 @@ class RetrievalEvaluation(L.Callback):
         qrels = {q.query_id: corpus.qrels[datamodule.eval_split][q.query_id] for q in queries}
         doc_ids = corpus.doc_ids
         start = time.perf_counter()
-        if hasattr(pl_module, "retrieve"):
-            scores, indices = call_through_strategy(
-                trainer,
-                pl_module,
-                "retrieve",
-                [q.text for q in queries],
-                [corpus.corpus[d] for d in doc_ids],
-                self.top_k,
-            )
-        else:
-            show = self.show_progress and trainer.is_global_zero
-            documents = encode_sharded(
-                trainer, pl_module, "encode_documents", [corpus.corpus[d].as_text() for d in doc_ids], show
-            )
-            query_embeddings = encode_sharded(
-                trainer, pl_module, "encode_queries", [q.text for q in queries], show
-            )
-            scores, indices = exact_top_k(query_embeddings, documents, self.top_k, use_faiss=self.use_faiss)
+        show = self.show_progress and trainer.is_global_zero
+        scores, indices = retrieve_top_k(
+            trainer, pl_module, [q.text for q in queries], corpus, self.top_k, self.use_faiss, show
+        )
         seconds = time.perf_counter() - start
         run = {
             q.query_id: {doc_ids[int(i)]: float(s) for s, i in zip(scores[row], indices[row])}
@@ -155,6 +151,29 @@ class RetrievalEvaluation(L.Callback):
                 ):
                     lines.append(f"{qid} Q0 {doc} {rank} {score:.6f} lsr")
             (out / f"run_step_{step:06d}.trec").write_text("\n".join(lines) + "\n")
+
+
+def retrieve_top_k(
+    trainer: L.Trainer,
+    pl_module: L.LightningModule,
+    query_texts: list[str],
+    corpus: RetrievalCorpus,
+    k: int,
+    use_faiss: bool = False,
+    show_progress: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores and corpus indices ``[Q, k]`` of each query's top-k under the current model (every rank gets
+    all of them): the module's own ``retrieve()`` hook when it has one, else sharded encoding + exact search."""
+    doc_ids = corpus.doc_ids
+    if hasattr(pl_module, "retrieve"):
+        return call_through_strategy(
+            trainer, pl_module, "retrieve", query_texts, [corpus.corpus[d] for d in doc_ids], k
+        )
+    documents = encode_sharded(
+        trainer, pl_module, "encode_documents", [corpus.corpus[d].as_text() for d in doc_ids], show_progress
+    )
+    queries = encode_sharded(trainer, pl_module, "encode_queries", query_texts, show_progress)
+    return exact_top_k(queries, documents, k, use_faiss=use_faiss)
 
 
 def shard_bounds(count: int, world_size: int, rank: int) -> tuple[int, int]:
