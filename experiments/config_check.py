@@ -107,6 +107,9 @@ def unknown_key_message(section: str, key: str, valid: list[str]) -> str:
 # ---- checking a composed config ---------------------------------------------------------------------------
 def check_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for the first problem found (unknown keys, missing values, bad combinations)."""
+    from experiments.stage_runner import check_stages
+
+    check_stages(cfg)  # before anything resolves a ${stage:...} reference
     check_required_values(cfg)
     check_root_keys(cfg)
     for group in ("model", "data", "trainer"):
@@ -319,12 +322,18 @@ def model_references(node: Any, prefix: str = "") -> Iterator[tuple[str, str, An
 
 
 def check_model_files(cfg: DictConfig, offline: bool = True) -> None:
-    """Every ``name_or_path`` of the model and of the callbacks (e.g. ``callbacks.rag.lm``)."""
+    """Every ``name_or_path`` of the model and of the callbacks (e.g. ``callbacks.rag.lm``), and every
+    stage's base model; a stage's output is skipped (it is built before the model loads)."""
+    from experiments.stage_runner import is_planned_output, stage_model_references
+
     references = [
         *model_references(cfg.get("model"), "model."),
         *model_references(cfg.get("callbacks"), "callbacks."),
+        *stage_model_references(cfg),
     ]
     for key, name, parent in references:
+        if is_planned_output(name):
+            continue
         problem = model_problem(name, gguf_file=parent.get("gguf_file"), offline=offline)
         if problem:
             raise ConfigError(f"{key}='{name}': {problem}")

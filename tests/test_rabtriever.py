@@ -275,3 +275,28 @@ def test_random_order_reference_matches_the_expected_ndcg_and_mrr():
     # every candidate relevant: any order is perfect
     both = random_order_metrics(["q"], ["a", "b"], candidates, {"q": {"a": 1, "b": 1}}, permutations=3)
     assert both["ndcg@10"] == pytest.approx(1.0)
+
+
+def test_reranker_sft_listwise_option_softmaxes_each_querys_group():
+    from lightning_modules.losses.rabtriever import listwise_relevance_loss
+    from lightning_modules.rabtriever.reranker_sft import RerankerSFT
+
+    with pytest.raises(ValueError, match="sft loss must be one of pointwise, listwise; got 'pairwise'"):
+        RerankerSFT("tiny-llama", prompt=TINY_PROMPT, loss="pairwise")
+    torch.manual_seed(0)
+    sft = RerankerSFT("tiny-llama", prompt=TINY_PROMPT, lora={"r": 4}, lr=1e-3, loss="listwise")
+    labels = torch.tensor([[True, False, False], [False, True, False]])
+    batch = {"queries": QUERIES[:2], "documents": DOCUMENTS, "labels": labels}
+    with torch.no_grad():
+        logits = sft.lm.teacher([q for q in QUERIES[:2] for _ in range(3)], DOCUMENTS).relevance_logits
+        expected = listwise_relevance_loss(logits.view(2, 3, -1), labels)
+        assert sft.training_step(batch, 0).item() == pytest.approx(expected.item(), abs=1e-5)
+    optimizer = sft.configure_optimizers()
+    losses = []
+    for _ in range(6):
+        loss = sft.training_step(batch, 0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]

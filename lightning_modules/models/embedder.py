@@ -20,6 +20,7 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 from transformers import AutoModel
 
+from lightning_modules.models.attention import attn_implementation_for
 from lightning_modules.models.frozen_lm import load_tokenizer, parse_dtype
 from lightning_modules.models.pooling import POOLINGS, pool
 from lightning_modules.models.registry import resolve_model_path
@@ -42,6 +43,8 @@ class Embedder(nn.Module):
         append_eos: append the tokenizer's EOS token (common for decoder last-token pooling).
         dtype: backbone weights dtype.
         gradient_checkpointing: recompute backbone activations in backward.
+        attention: ``causal`` (the model's own) or ``bidirectional`` (every token sees every non-padding
+            token, LLM2Vec's encoder; ``lightning_modules/models/attention.py``).
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class Embedder(nn.Module):
         dtype: str = "float32",
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
+        attention: str = "causal",
     ):
         super().__init__()
         if pooling not in POOLINGS:
@@ -67,6 +71,8 @@ class Embedder(nn.Module):
         self.instructions = {"query": query_instruction, "document": document_instruction}
         self.max_length = max_length
         self.append_eos = append_eos
+        self.attention = attention
+        implementation = attn_implementation_for(attention)
         path = resolve_model_path(name_or_path)
         self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
         self.tokenizer.padding_side = "left" if pooling == "last" else "right"
@@ -75,7 +81,10 @@ class Embedder(nn.Module):
         if append_eos and self.tokenizer.eos_token_id is None:
             raise ValueError(f"append_eos=True but the tokenizer of '{name_or_path}' has no EOS token")
         backbone = AutoModel.from_pretrained(
-            path, dtype=parse_dtype(dtype), trust_remote_code=trust_remote_code
+            path,
+            dtype=parse_dtype(dtype),
+            trust_remote_code=trust_remote_code,
+            **({"attn_implementation": implementation} if implementation else {}),
         )
         if gradient_checkpointing:
             backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -106,7 +115,10 @@ class Embedder(nn.Module):
         ids = self.tokenizer([prefix + t for t in texts], truncation=True, max_length=budget)["input_ids"]
         if self.append_eos:
             ids = [row + [self.tokenizer.eos_token_id] for row in ids]
-        return ids
+        # an empty text (no instruction, a tokenizer that adds no special token) is read as the EOS token
+        # alone: a batch of zero-length rows cannot run through the backbone
+        filler = [self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0]
+        return [row or filler for row in ids]
 
     def _pad(self, ids: list[list[int]]) -> dict[str, torch.Tensor]:
         padded = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
@@ -202,6 +214,11 @@ class Embedder(nn.Module):
         from sentence_transformers import SentenceTransformer
         from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
+        if self.attention != "causal":
+            raise NotImplementedError(
+                "a bidirectional embedder cannot be exported as a sentence-transformers folder: a plain "
+                "load would run it with causal attention (load it with Embedder(..., attention='bidirectional'))"
+            )
         path = Path(path)
         hf_dir = path / "_hf"
         self.merged_backbone().save_pretrained(hf_dir)
@@ -256,5 +273,6 @@ class Embedder(nn.Module):
             "document_instruction": self.instructions["document"],
             "max_length": self.max_length,
             "append_eos": self.append_eos,
+            "attention": self.attention,
             "lora": self.lora_config,
         }
