@@ -41,8 +41,17 @@ METHODS = {
         "model.frozen_lm.dtype=bfloat16",
         "data.tasks.qa.max_queries=16",
     ],
-    "llm2vec_gen": ["exp=llm2vec_gen_tiny", "model.frozen_lm.dtype=bfloat16", "data.max_train_queries=48"],
-    "rabtriever": ["exp=rabtriever_tiny", "model.frozen_lm.dtype=bfloat16"],
+    "llm2vec_gen": [
+        "exp=llm2vec_gen_tiny",
+        "model.frozen_lm.dtype=bfloat16",
+        "data.max_train_queries=48",
+        "stages=llm2vec_supervised_teacher",  # no teacher-building stage: the distributed step is under test
+    ],
+    "rabtriever": [
+        "exp=rabtriever_tiny",
+        "model.frozen_lm.dtype=bfloat16",
+        "model.frozen_lm.name_or_path=smollm2-135m-instruct",  # the zero-shot teacher: no SFT stage
+    ],
 }
 COMMON = [
     "debug=tiny",
