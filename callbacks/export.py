@@ -13,7 +13,10 @@ from typing import Any
 
 import lightning as L
 import yaml
+from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
+
+from lightning_modules.fsdp import full_parameters
 
 METRIC_ORDER = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
 
@@ -204,18 +207,27 @@ def run_config(run_dir: str | Path) -> dict[str, Any] | None:
 
 
 class ExportEmbedder(L.Callback):
-    """Exports the trained embedder when training ends (``<run>/<dirname>``); its ``README.md`` model card
-    is written once the run's results are known (:meth:`on_results`, see ``callbacks/results.py``)."""
+    """Exports the trained embedder at the end of fit (rank 0; under FSDP every rank first takes part in
+    gathering the embedder's full parameters, :func:`lightning_modules.fsdp.full_parameters`); its
+    ``README.md`` model card is written once the run's results are known (:meth:`on_results`, see
+    ``callbacks/results.py``)."""
 
     def __init__(self, dirname: str = "export"):
         self.dirname = dirname
         self.path: Path | None = None
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero or getattr(pl_module, "embedder", None) is None:
+        embedder = getattr(pl_module, "embedder", None)
+        if embedder is None:
+            return
+        parameters = None
+        root = trainer.strategy.model
+        if isinstance(trainer.strategy, FSDPStrategy) and root is not None and root is not pl_module:
+            parameters = full_parameters(embedder, root)  # collective: every rank
+        if not trainer.is_global_zero:
             return
         self.path = Path(trainer.default_root_dir) / self.dirname
-        pl_module.export(self.path)
+        pl_module.export(self.path, parameters=parameters)
         rank_zero_info(f"exported the embedder to {self.path}")
 
     def results_summary(self) -> dict[str, Any]:

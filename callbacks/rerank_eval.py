@@ -24,6 +24,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from lightning_modules.distributed import call_through_strategy, max_over_ranks
 from lightning_modules.models.embedder import Embedder
 from lightning_modules.models.registry import resolve_model_path
 from lightning_modules.rabtriever.reranker import rerank_top_k, teacher_pair_scorer
@@ -36,10 +37,18 @@ def _digest(obj: Any) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def _cached(name: str, key: Any, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, Any]:
-    """``compute()`` → dict of tensors, through ``<cache>/rabtriever/<name>-<digest(key)>.pt``."""
+def _cached(
+    name: str, key: Any, compute: Callable[[], dict[str, torch.Tensor]], agree: bool = False
+) -> dict[str, Any]:
+    """``compute()`` → dict of tensors, through ``<cache>/rabtriever/<name>-<digest(key)>.pt``.
+
+    ``agree``: read the file only if every rank finds it (``compute`` runs collective LM passes under FSDP:
+    all ranks compute or none does)."""
     path = cache_root() / "rabtriever" / f"{name}-{_digest(key)}.pt"
-    if path.exists():
+    found = path.exists()
+    if agree:
+        found = max_over_ranks(0 if found else 1) == 0
+    if found:
         return dict(torch.load(path, weights_only=True))
     value = compute()
     save_tensors_atomically(path, value)
@@ -89,7 +98,10 @@ class RerankEvaluation(L.Callback):
                 "queries": query_ids,
                 "documents": _digest(doc_ids),
             }
-            self._fixed = self._first_stage_and_teacher(pl_module, query_texts, doc_texts, data_key)
+            # under FSDP inside the wrapped forward, where the sharded LM is usable
+            self._fixed = call_through_strategy(
+                trainer, pl_module, self._first_stage_and_teacher, pl_module, query_texts, doc_texts, data_key
+            )
             for entry in self._fixed.values():
                 entry["metrics"] = evaluate_run(
                     to_run(query_ids, doc_ids, entry["scores"], entry["indices"]), qrels
@@ -103,14 +115,9 @@ class RerankEvaluation(L.Callback):
         candidates = self._fixed["first_stage"]["indices"]
 
         start = time.perf_counter()
-        stored = pl_module.corpus_states(doc_texts)
-        with torch.no_grad():
-            query_states = pl_module.query_states(query_texts)
-            student = (
-                pl_module.student_scores(query_states[:, None], stored[candidates].to(pl_module.device))
-                .float()
-                .cpu()
-            )
+        student = call_through_strategy(
+            trainer, pl_module, student_rerank_scores, pl_module, query_texts, doc_texts, candidates
+        )
         order = student.argsort(dim=1, descending=True, stable=True)
         student_run = to_run(query_ids, doc_ids, student.gather(1, order), candidates.gather(1, order))
         student_seconds = round(time.perf_counter() - start, 2)
@@ -194,10 +201,23 @@ class RerankEvaluation(L.Callback):
                     "seconds": torch.tensor(time.perf_counter() - start),
                 }
 
-            fixed["teacher_rerank"] = _cached("teacher-rerank", teacher_key, teacher)
+            fixed["teacher_rerank"] = _cached(
+                "teacher-rerank", teacher_key, teacher, agree=pl_module.lm_is_sharded()
+            )
         for entry in fixed.values():
             entry["seconds"] = round(float(entry["seconds"]), 2)
         return fixed
+
+
+@torch.no_grad()
+def student_rerank_scores(
+    pl_module: L.LightningModule, query_texts: list[str], doc_texts: list[str], candidates: torch.Tensor
+) -> torch.Tensor:
+    """``[Q, k]`` student scores (CPU) of each query's first-stage ``candidates`` (corpus indices)."""
+    stored = pl_module.corpus_states(doc_texts)
+    query_states = pl_module.query_states(query_texts)
+    scores = pl_module.student_scores(query_states[:, None], stored[candidates].to(pl_module.device))
+    return scores.float().cpu()
 
 
 def to_run(

@@ -82,10 +82,12 @@ def prepare_run(cfg: DictConfig, overrides: list[str]) -> PreparedRun:
 # ---- resuming ---------------------------------------------------------------------------------------------
 def checkpoint_candidates(run_dir: Path) -> list[Path]:
     """``checkpoints/last.ckpt`` and SLURM's ``hpc_ckpt_N.ckpt`` (Lightning writes those to the run dir);
-    files, or folders for sharded FSDP checkpoints."""
-    return [
-        p for p in [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")] if p.exists()
-    ]
+    files, or folders for sharded FSDP checkpoints (with the complete folders a kill during a sharded
+    publish may have left next to them)."""
+    from lightning_modules.checkpoint_io import sharded_checkpoint_candidates
+
+    named = [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")]
+    return [p for p in named if p.exists()] + [c for p in named for c in sharded_checkpoint_candidates(p)]
 
 
 def resume_checkpoint(run_dir: Path, cfg: DictConfig) -> tuple[str, int] | None:

@@ -1,5 +1,5 @@
 """Defaults stated once: every experiment resolves to the values it had before its files listed only
-differences (reference: tests/data/resolved_configs_6edaeeb.json, dumped at commit 6edaeeb, main before the restructure of the config files).
+differences (reference: tests/data/resolved_configs_5ff442e.json, dumped at commit 5ff442e, main before the restructure of the config files).
 
 The reference is every ``exp=<name>`` and ``exp=<name> debug=tiny`` composed and resolved at that commit
 (``LSR_CACHE_DIR=/LSR_CACHE``; ``LSR_OUTPUT_ROOT`` and ``TOOLBENCH_QUERIES`` unset). The deliberate changes are named and checked here, never ignored wholesale:
@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from tests.helpers import compose_config
 
-REFERENCE = json.loads((Path(__file__).parent / "data" / "resolved_configs_6edaeeb.json").read_text())
+REFERENCE = json.loads((Path(__file__).parent / "data" / "resolved_configs_5ff442e.json").read_text())
 WIRING_CALLBACKS = {
     "random_state": "callbacks.resume.RandomStateCheckpoint",
     "preemption": "callbacks.resume.PreemptionAtBatchEnd",

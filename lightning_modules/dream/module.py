@@ -20,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from datamodules.mining import bm25_top_k
 from datamodules.retrieval import TrainExample
 from lightning_modules.base import RetrieverModule
+from lightning_modules.distributed import call_through_strategy
 from lightning_modules.dream.attention import attention_name
 from lightning_modules.dream.bias import document_bias, key_position_bias
 from lightning_modules.dream.heads import (
@@ -38,6 +39,7 @@ from lightning_modules.dream.lm_loss import (
     mean_target_nll,
     suffix_logits,
 )
+from lightning_modules.losses.contrastive import similarity_logits
 
 CANDIDATE_MODES = ("dataset", "in_batch", "mined")
 TARGETS = ("answer", "query", "auto")
@@ -178,8 +180,10 @@ class DreamRetriever(RetrieverModule):
 
     # ---- head selection ---------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
-        if self.selected_heads is None:
-            self.selected_heads = self.select_heads_by_intervention()
+        if (
+            self.selected_heads is None
+        ):  # under FSDP inside the wrapped forward, where the sharded LM is usable
+            self.selected_heads = call_through_strategy(self.trainer, self, "select_heads_by_intervention")
         rank_zero_info(f"DREAM heads ({self.head_config['selection']}): {self.describe_heads()}")
 
     def describe_heads(self) -> str:
@@ -305,7 +309,7 @@ class DreamRetriever(RetrieverModule):
             top = bm25_top_k([ex.query for ex in examples], documents, k)
         else:
             queries = self.encode_queries([ex.query for ex in examples])
-            top = (queries @ self.encode_documents(texts).T).topk(k, dim=1).indices.tolist()
+            top = similarity_logits(queries, self.encode_documents(texts)).topk(k, dim=1).indices.tolist()
         self._mined = {ex.query_id: [texts[int(i)] for i in row] for ex, row in zip(examples, top)}
         self._mined_at_step = step
 

@@ -12,10 +12,16 @@ from typing import Any
 import torch
 
 from lightning_modules.base import RetrieverModule
-from lightning_modules.distributed import gather_no_grad, gather_with_grad, world_size
+from lightning_modules.distributed import (
+    call_through_strategy,
+    gather_no_grad,
+    gather_with_grad,
+    rank,
+    world_size,
+)
 from lightning_modules.llm_embedder.teacher import ScoringItem, TeacherScorer
 from lightning_modules.llm_embedder.templates import TaskSettings, settings_as_dict, task_settings
-from lightning_modules.losses.contrastive import info_nce_loss
+from lightning_modules.losses.contrastive import info_nce_loss, similarity_logits
 from lightning_modules.losses.distillation import (
     contiguous_candidate_columns,
     graded_distillation_loss,
@@ -108,8 +114,14 @@ class LLMEmbedder(RetrieverModule):
     def on_fit_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         examples = getattr(datamodule, "examples", None)
-        if not self.prescore or not examples:
-            return
+        if (
+            self.prescore and examples
+        ):  # under FSDP inside the wrapped forward, where the sharded LM is usable
+            call_through_strategy(self.trainer, self, "prescore_training_candidates", examples)
+
+    def prescore_training_candidates(self, examples: dict[str, list[Any]]) -> None:
+        """Teacher scores of every training candidate (cached; the ranks share the work); writes
+        ``teacher_scoring.json``."""
         rank, world = self.trainer.global_rank, self.trainer.world_size
         report: dict[str, Any] = {"reward": self.reward}
         for name, items in examples.items():
@@ -121,7 +133,6 @@ class LLMEmbedder(RetrieverModule):
             scoring = [ScoringItem(c, e.query, e.answer) for e in items for c in e.candidates]
             start = time.perf_counter()
             _, part = teacher.score(settings.template, scoring, rank, world)
-            self.trainer.strategy.barrier("llm_embedder_teacher_scores")
             report[name] = {
                 "task": task,
                 "items": part.items,
@@ -152,7 +163,7 @@ class LLMEmbedder(RetrieverModule):
             self.embedder.embed([settings.key_instruction + k for k in batch["keys"]], "document")
         )
         device = queries.device
-        logits = queries @ keys.T / self.temperature
+        logits = similarity_logits(queries, keys, self.temperature)  # fp32 even under bf16 autocast
         columns = contiguous_candidate_columns(queries.shape[0], group, device)
         labels = gather_no_grad(batch["labels"].to(device)) if batch.get("labels") is not None else None
 
@@ -163,7 +174,8 @@ class LLMEmbedder(RetrieverModule):
                 for b in range(num_queries)
                 for j in range(group)
             ]
-            local = self.require_teacher(task).lookup(settings.template, items).view(num_queries, group)
+            teacher = self.require_teacher(task)
+            local = teacher.lookup(settings.template, items, rank(), world_size()).view(num_queries, group)
             teacher_scores = gather_no_grad(local.to(device))
         positive_index = self._positive_index(labels, teacher_scores, task)
 

@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from tqdm.auto import tqdm
 
+from lightning_modules.distributed import max_over_ranks
 from lightning_modules.rabtriever.passes import RelevanceLM, autocast_for
 from retrieval.cache import cache_root, save_tensors_atomically
 
@@ -72,18 +73,23 @@ def cached_document_states(
     precision: str = "bf16",
     use_disk: bool = True,
     show_progress: bool = False,
+    lockstep: bool = False,
 ) -> tuple[torch.Tensor, float]:
     """:func:`compute_document_states` through the on-disk cache (``<cache>/rabtriever/states-<key>.pt``).
 
     Returns the states and the seconds their computation took (when they were computed, even if read back
-    from the cache now): a one-off cost reported outside the training budget.
+    from the cache now): a one-off cost reported outside the training budget. ``lockstep`` (an FSDP-sharded
+    LM): the cache is used only when every rank finds it, so all ranks compute or none does.
     """
     path = (
         cache_root()
         / "rabtriever"
         / f"states-{document_states_key(lm_name, relevance_lm, documents, precision)}.pt"
     )
-    if use_disk and path.exists():
+    found = use_disk and path.exists()
+    if lockstep:
+        found = max_over_ranks(0 if found else 1) == 0
+    if found:
         stored = torch.load(path, weights_only=True)
         if stored["states"].shape[0] == len(documents):
             return stored["states"], float(stored["seconds"])
