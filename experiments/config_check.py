@@ -210,7 +210,9 @@ def accepted_keys(target: Callable[..., Any]) -> set[str] | None:
         if not any(p.kind == p.VAR_KEYWORD for p in parameters):
             return keys
         if getattr(owner, "__module__", "").split(".")[0] in _CLOSED_MODULES:
-            return keys  # **kwargs forwarded to torch.nn.Module / Lightning, which accept no extra keys
+            # torch.nn.Module / LightningModule accept no extra keys; a library's other **kwargs go
+            # elsewhere (DDPStrategy's to DistributedDataParallel): not traceable here
+            return keys if isinstance(owner, type) and issubclass(owner, torch.nn.Module) else None
     return None
 
 

@@ -201,3 +201,10 @@ def test_entry_points_import_no_hub_library_before_going_offline():
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("trainer", ["cpu", "ddp_cpu", "ddp_spawn", "fsdp_cpu"])
+def test_every_cpu_trainer_config_passes_the_checks(trainer):
+    """Nested ``_target_`` sections are checked too, but a library's ``**kwargs`` (DDPStrategy forwards
+    ``find_unused_parameters`` to DistributedDataParallel) are not mistaken for unknown keys."""
+    check_config(compose_checked(["exp=default", f"trainer={trainer}"]))
