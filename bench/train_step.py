@@ -53,7 +53,7 @@ ADAPTERS: dict[str, MethodAdapter] = {
         MethodAdapter(
             "contrastive_minilm",
             "default",
-            "contrastive.py",
+            "contrastive",
             {
                 "tiny": TINY,
                 "small": ("data.batch_size=8", "data.group_size=2"),
@@ -66,7 +66,7 @@ ADAPTERS: dict[str, MethodAdapter] = {
         MethodAdapter(
             "contrastive_smollm",
             "contrastive_tiny_smollm",
-            "contrastive.py",
+            "contrastive",
             {
                 "tiny": TINY,
                 "small": ("data.batch_size=4", "data.group_size=2"),

@@ -98,7 +98,7 @@ def model_card(
     """The exported folder's ``README.md``.
 
     Args:
-        method: the module class (e.g. ``ContrastiveRetriever``); ``results["method"]`` is preferred when given.
+        method: the module class (e.g. ``ContrastiveModule``); ``results["method"]`` is preferred when given.
         hparams: the module's hyperparameters.
         metrics: scores after training (kept for callers that have nothing else).
         results: the run's ``results.json`` dict (method, start, candidates, label use, budget, before/after).

@@ -9,6 +9,7 @@ hand-edited file) and recompute instead of using it:
 - ``write_checked_bytes`` / ``read_checked_bytes`` (and the ``*_checked_json`` / ``*_checked_tensors``
   wrappers, and ``cached_tensors``) store a length + SHA-256 header: a damaged entry reads as missing
   (``None``), is deleted, and its caller recomputes it.
+- ``cache_key`` is the one key function: the SHA-1 of a canonical JSON of what an entry depends on.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,17 @@ import torch
 
 log = logging.getLogger(__name__)
 CHECKED_MAGIC = b"LSR-CHECKED-1\n"
+
+
+def cache_key(obj: Any, texts: Iterable[str] = ()) -> str:
+    """Hex SHA-1 of the canonical JSON of ``obj`` (sorted keys, non-ASCII kept, ``str()`` for other
+    types), followed by each of ``texts`` and a NUL byte (long text lists are hashed without building
+    one JSON string). Equal inputs give equal keys across processes and runs."""
+    digest = hashlib.sha1(json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode())
+    for text in texts:
+        digest.update(text.encode())
+        digest.update(b"\x00")
+    return digest.hexdigest()
 
 
 def cache_root() -> Path:

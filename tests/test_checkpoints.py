@@ -6,12 +6,12 @@ import lightning as L
 import torch
 
 from datamodules.retrieval import RetrievalDataModule
-from lightning_modules.contrastive import ContrastiveRetriever
+from lightning_modules.contrastive.module import ContrastiveModule
 from tests.helpers import run_experiment
 
 
 def test_checkpoint_has_no_frozen_lm_and_loads_weights_only(tmp_path, tiny_bert_path, tiny_llama_path):
-    model = ContrastiveRetriever(
+    model = ContrastiveModule(
         embedder={"name_or_path": tiny_bert_path}, frozen_lm={"name_or_path": tiny_llama_path}
     )
     dm = RetrievalDataModule(path="tiny_hotpotqa", group_size=2, batch_size=2)
@@ -33,7 +33,7 @@ def test_checkpoint_has_no_frozen_lm_and_loads_weights_only(tmp_path, tiny_bert_
     assert not any(k.startswith("frozen_lm.") for k in keys)
     assert checkpoint["hyper_parameters"]["frozen_lm"] == {"name_or_path": tiny_llama_path}
 
-    restored = ContrastiveRetriever.load_from_checkpoint(path, weights_only=True)
+    restored = ContrastiveModule.load_from_checkpoint(path, weights_only=True)
     for name, value in model.state_dict().items():
         torch.testing.assert_close(restored.state_dict()[name], value)
 

@@ -1,4 +1,4 @@
-"""DreamRetriever: gradients reach the embedder only, the frozen LM stays put, heads are chosen as configured."""
+"""DreamModule: gradients reach the embedder only, the frozen LM stays put, heads are chosen as configured."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from datamodules.mining import bm25_top_k
 from datamodules.retrieval import RetrievalDataModule
-from lightning_modules.dream import DreamRetriever
+from lightning_modules.dream.module import DreamModule
 from lightning_modules.dream.bias import document_bias, key_position_bias
 from lightning_modules.dream.heads import (
     middle_third_heads,
@@ -21,7 +21,7 @@ from lightning_modules.dream.heads import (
 from lightning_modules.dream.lm_loss import per_example_nll, suffix_logits
 
 
-def make_module(**overrides) -> DreamRetriever:
+def make_module(**overrides) -> DreamModule:
     args = dict(
         embedder={"name_or_path": "tiny-llama", "pooling": "mean", "max_length": 32, "lora": {"r": 4}},
         frozen_lm={"name_or_path": "tiny-llama"},
@@ -29,7 +29,7 @@ def make_module(**overrides) -> DreamRetriever:
         optimizer={"lr": 1e-2},
     )
     args.update(overrides)
-    module = DreamRetriever(**args)
+    module = DreamModule(**args)
     module.log = lambda *a, **k: None  # no trainer attached
     return module
 
@@ -52,7 +52,7 @@ def tiny_batch() -> dict:
 
 
 @pytest.fixture(scope="module")
-def module() -> DreamRetriever:
+def module() -> DreamModule:
     return make_module()
 
 

@@ -1,4 +1,4 @@
-"""The LLM2VecGen module on tiny models: what trains, what the decoder sees, the loss parts, checkpoints."""
+"""The LLM2VecGenModule module on tiny models: what trains, what the decoder sees, the loss parts, checkpoints."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from datamodules.unlabeled_queries import UnlabeledQueryDataModule
-from lightning_modules.llm2vec_gen import LLM2VecGen
+from lightning_modules.llm2vec_gen.module import LLM2VecGenModule
 from lightning_modules.llm2vec_gen.generation import Response
 
 TRAINABLE = {
@@ -20,7 +20,7 @@ TRAINABLE = {
 }
 
 
-def build_module(**overrides) -> LLM2VecGen:
+def build_module(**overrides) -> LLM2VecGenModule:
     torch.manual_seed(0)
     args = dict(
         frozen_lm={"name_or_path": "tiny-llama"},
@@ -34,11 +34,11 @@ def build_module(**overrides) -> LLM2VecGen:
         eval_batch_size=4,
     )
     args.update(overrides)
-    return LLM2VecGen(**args)
+    return LLM2VecGenModule(**args)
 
 
 @pytest.fixture(scope="module")
-def module() -> LLM2VecGen:
+def module() -> LLM2VecGenModule:
     return build_module()
 
 

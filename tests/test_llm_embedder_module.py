@@ -1,4 +1,4 @@
-"""The LLMEmbedder LightningModule on tiny random models, and smoke runs of its experiments (debug=tiny)."""
+"""The LLMEmbedderModule LightningModule on tiny random models, and smoke runs of its experiments (debug=tiny)."""
 
 from __future__ import annotations
 
@@ -16,15 +16,18 @@ from datamodules.llm_embedder_tasks.datamodule import (
 )
 from experiments import CONFIG_DIR
 from experiments.train import run
-from lightning_modules.llm_embedder import LLMEmbedder, ScoringItem
+from lightning_modules.llm_embedder.module import LLMEmbedderModule
+from lightning_modules.llm_embedder.teacher import ScoringItem
 from tests.helpers import llm_embedder_tiny_overrides
 
 EMBEDDER = {"name_or_path": "tiny-bert", "pooling": "mean", "max_length": 32}
 
 
-def make_module(tmp_path: Path, **kwargs) -> LLMEmbedder:
+def make_module(tmp_path: Path, **kwargs) -> LLMEmbedderModule:
     teacher = {"cache_dir": str(tmp_path / "scores"), "show_progress": False, "key_max_tokens": 24}
-    return LLMEmbedder(embedder=EMBEDDER, frozen_lm={"name_or_path": "tiny-llama"}, teacher=teacher, **kwargs)
+    return LLMEmbedderModule(
+        embedder=EMBEDDER, frozen_lm={"name_or_path": "tiny-llama"}, teacher=teacher, **kwargs
+    )
 
 
 def batch_of(task: str, spec: dict, group: int, size: int = 3) -> dict:
@@ -49,7 +52,7 @@ def test_graded_distillation_step_trains_the_embedder_only(tmp_path):
 
 
 def test_contrastive_task_needs_no_teacher_and_kl_task_uses_it(tmp_path):
-    module = LLMEmbedder(embedder=EMBEDDER, frozen_lm=None)
+    module = LLMEmbedderModule(embedder=EMBEDDER, frozen_lm=None)
     tool = batch_of("tool", {"num_candidates": 8}, group=4)
     assert torch.isfinite(module.training_step(tool, 0))
     with pytest.raises(ValueError, match="frozen_lm is null"):
@@ -61,12 +64,12 @@ def test_contrastive_task_needs_no_teacher_and_kl_task_uses_it(tmp_path):
 
 def test_shared_tool_keys_are_not_negatives_of_each_other():
     batch = {"key_ids": ["a", "b", "a", "c"]}
-    exclude = LLMEmbedder._same_or_positive_keys(batch, None, torch.tensor([0, 2]), torch.device("cpu"))
+    exclude = LLMEmbedderModule._same_or_positive_keys(batch, None, torch.tensor([0, 2]), torch.device("cpu"))
     assert exclude.tolist() == [[True, False, True, False], [True, False, True, False]]
 
 
 def test_eval_uses_the_eval_task_instructions(tmp_path):
-    module = LLMEmbedder(embedder=EMBEDDER, frozen_lm=None)
+    module = LLMEmbedderModule(embedder=EMBEDDER, frozen_lm=None)
     plain = module.embedder.encode(["hello"], "query")
     instructed = module.encode_queries(["hello"])
     assert not torch.allclose(plain, instructed)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from datamodules.records import Document
-from lightning_modules.rabtriever.module import Rabtriever
+from lightning_modules.rabtriever.module import RabtrieverModule
 from lightning_modules.rabtriever.predictor import build_predictor
 from lightning_modules.rabtriever.prompt import PromptTokenizer, RelevancePrompt, relevance_token_ids
 from lightning_modules.rabtriever.reranker import rerank, rerank_top_k
@@ -24,8 +24,8 @@ QUERIES = ["which city does the river flow through", "who directed the film", "w
 
 
 @pytest.fixture(scope="module")
-def module() -> Rabtriever:
-    model = Rabtriever(
+def module() -> RabtrieverModule:
+    model = RabtrieverModule(
         frozen_lm={"name_or_path": "tiny-llama"},
         prompt=TINY_PROMPT,
         predictor={"kind": "mlp", "inner_size": 32},
@@ -93,7 +93,7 @@ def test_document_states_equal_the_teachers_document_prefix(module):
 
 def test_rabtriever_refuses_a_trainable_embedder():
     with pytest.raises(ValueError, match="no trainable embedder"):
-        Rabtriever(
+        RabtrieverModule(
             frozen_lm={"name_or_path": "tiny-llama"},
             embedder={"name_or_path": "tiny-bert"},
             prompt=TINY_PROMPT,
@@ -109,7 +109,7 @@ def _batch(queries: list[str], group: int) -> dict:
 
 @pytest.mark.parametrize(("kind", "kl_over"), [("mlp", "relevance"), ("cross_attention", "vocabulary")])
 def test_only_the_predictor_trains(kind, kl_over):
-    model = Rabtriever(
+    model = RabtrieverModule(
         frozen_lm={"name_or_path": "tiny-llama"},
         prompt=TINY_PROMPT,
         kl_over=kl_over,
@@ -214,9 +214,9 @@ def test_experiment_smoke_runs_with_tiny_models(experiment, tmp_path):
 def test_reranker_sft_trains_lora_only_and_saves_the_merged_teacher(tmp_path):
     from lightning_modules.models.frozen_lm import load_frozen_lm
     from lightning_modules.rabtriever.passes import RelevanceLM
-    from lightning_modules.rabtriever.reranker_sft import RerankerSFT
+    from lightning_modules.rabtriever.reranker_sft import RerankerSFTModule
 
-    sft = RerankerSFT("tiny-llama", prompt=TINY_PROMPT, lora={"r": 4}, lr=5e-3)
+    sft = RerankerSFTModule("tiny-llama", prompt=TINY_PROMPT, lora={"r": 4}, lr=5e-3)
     trainable = [name for name, p in sft.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in name for name in trainable)
     batch = {

@@ -251,10 +251,10 @@ def test_fsdp_bf16_trains_and_writes_a_sharded_checkpoint(tmp_path):
     import lightning as L
 
     from datamodules.retrieval import RetrievalDataModule
-    from lightning_modules.contrastive import ContrastiveRetriever
+    from lightning_modules.contrastive.module import ContrastiveModule
     from lightning_modules.models.registry import resolve_model_path
 
-    module = ContrastiveRetriever(
+    module = ContrastiveModule(
         embedder={"name_or_path": resolve_model_path("tiny-llama"), "pooling": "mean", "max_length": 32}
     )
     trainer = L.Trainer(

@@ -22,13 +22,13 @@ from torch.utils.data import DataLoader
 from callbacks.retrieval_eval import RetrievalEvaluation, shard_bounds
 from datamodules.retrieval import RetrievalDataModule
 from experiments import CONFIG_DIR
-from lightning_modules.contrastive import ContrastiveRetriever
+from lightning_modules.contrastive.module import ContrastiveModule
 from lightning_modules.distributed import world_size
 
 WORLD = 2
 
 
-class RecordingContrastive(ContrastiveRetriever):
+class RecordingContrastive(ContrastiveModule):
     """Trains on fixed per-rank batches and writes its loss, gradients and encoded-text counts to disk."""
 
     rank_batches: list[dict[str, Any]] = []

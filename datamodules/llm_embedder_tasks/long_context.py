@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from datamodules.errors import DataFormatError
-from datamodules.llm_embedder_tasks.records import TaskExample
+from datamodules.llm_embedder_tasks.task_example import TaskExample
 
 PG19_HUB = "deepmind/pg19"
 

@@ -1,4 +1,4 @@
-"""``DreamRetriever``: train the embedder through selected attention heads of a frozen LM (DREAM).
+"""``DreamModule``: train the embedder through selected attention heads of a frozen LM (DREAM).
 
 Per query: cosines ``c_j = cos(E(q), E(d_j))`` over its candidates → bias ``b_j = log(k·softmax_j(c_j/τ_attn))``
 on document ``j``'s key block in the selected heads → one frozen-LM pass over ``[d_1 … d_k ; prompt(q) ; y]``
@@ -65,7 +65,7 @@ def calibration_row(example: TrainExample, group: int) -> tuple[TrainExample, li
     return example, [doc.as_text() for doc, _ in docs], [is_gold for _, is_gold in docs]
 
 
-class DreamRetriever(RetrieverModule):
+class DreamModule(RetrieverModule):
     """DREAM (Tang & Yang, 2026) as read in docs/dream.md.
 
     Args:

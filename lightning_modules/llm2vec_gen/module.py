@@ -50,7 +50,7 @@ HEAD_INITS = ("identity", "random")
 TINY_MAX_NEW_TOKENS = 16  # debug=tiny only (LSR_TINY_MODELS=1)
 
 
-class LLM2VecGen(RetrieverModule):
+class LLM2VecGenModule(RetrieverModule):
     """The LLM2Vec-Gen LightningModule.
 
     Args:
@@ -94,7 +94,7 @@ class LLM2VecGen(RetrieverModule):
         **kwargs: Any,
     ):
         if frozen_lm is None or teacher is None:
-            raise ValueError("LLM2VecGen needs model.frozen_lm and model.teacher")
+            raise ValueError("LLM2VecGenModule needs model.frozen_lm and model.teacher")
         if num_special_tokens < 1:
             raise ValueError(f"model.num_special_tokens must be >= 1, got {num_special_tokens}")
         if reconstruction_init not in HEAD_INITS:
@@ -253,7 +253,7 @@ class LLM2VecGen(RetrieverModule):
         datamodule = self.trainer.datamodule
         if not hasattr(datamodule, "train_queries"):
             raise TypeError(
-                f"LLM2VecGen trains on unlabeled queries: use datamodules.unlabeled_queries.UnlabeledQueryDataModule "
+                f"LLM2VecGenModule trains on unlabeled queries: use datamodules.unlabeled_queries.UnlabeledQueryDataModule "
                 f"(data=nq_open_queries), not {type(datamodule).__name__}"
             )
         datamodule.setup("fit")

@@ -33,7 +33,7 @@ def _id_codes(ids: list[str], device: torch.device) -> torch.Tensor:
     )
 
 
-class LLMEmbedder(RetrieverModule):
+class LLMEmbedderModule(RetrieverModule):
     """Trains the embedder on teacher rewards from the frozen LM.
 
     Args:

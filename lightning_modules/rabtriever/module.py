@@ -7,7 +7,7 @@ Teacher and student share one frozen LM (the base module's ``frozen_lm``); only 
   (all before the final norm); ``p_S`` = frozen LM head(frozen norm(``P(h_q, Z_d)``)).
 - Loss: ``‖norm(P) − norm(h_T)‖² + λ·KL(p_S ‖ p_T)`` over the relevance tokens (or the vocabulary).
 - Retrieval: ``Z_d`` for the whole corpus is computed once (and cached on disk); each query costs one LM
-  pass plus N predictor calls; the evaluation callback calls :meth:`Rabtriever.retrieve`.
+  pass plus N predictor calls; the evaluation callback calls :meth:`RabtrieverModule.retrieve`.
 
 Everything the LM computes is a function of frozen weights and text, so it is cached in memory per text
 (teacher states per pair, ``Z_d`` per document, ``h_q`` per query): after the first epoch a training step
@@ -33,7 +33,7 @@ from lightning_modules.rabtriever.state_store import cached_document_states
 KL_TARGETS = ("relevance", "vocabulary")
 
 
-class Rabtriever(RetrieverModule):
+class RabtrieverModule(RetrieverModule):
     """The Rabtriever student and its training against the generative-reranker teacher.
 
     Args:

@@ -17,7 +17,7 @@ from lightning_modules.rabtriever.passes import RelevanceLM
 from lightning_modules.rabtriever.prompt import RelevancePrompt
 
 
-class RerankerSFT(L.LightningModule):
+class RerankerSFTModule(L.LightningModule):
     """LoRA on the causal LM, trained with :func:`relevance_classification_loss` on the answer token.
 
     Batches are :class:`datamodules.RetrievalDataModule` batches: ``queries`` (B), ``documents`` (B·G) and

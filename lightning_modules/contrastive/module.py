@@ -15,7 +15,7 @@ from lightning_modules.losses.contrastive import (
 )
 
 
-class ContrastiveRetriever(RetrieverModule):
+class ContrastiveModule(RetrieverModule):
     """Trains the embedder with InfoNCE (the label-using baseline of the lab protocol).
 
     Batches come from :class:`datamodules.RetrievalDataModule`: ``queries`` (B), ``documents`` (B·G, each
