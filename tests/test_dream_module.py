@@ -10,7 +10,6 @@ import torch
 
 from datamodules.mining import bm25_top_k
 from datamodules.retrieval import RetrievalDataModule
-from lightning_modules.dream.module import DreamModule
 from lightning_modules.dream.bias import document_bias, key_position_bias
 from lightning_modules.dream.heads import (
     middle_third_heads,
@@ -19,6 +18,7 @@ from lightning_modules.dream.heads import (
     top_heads,
 )
 from lightning_modules.dream.lm_loss import per_example_nll, suffix_logits
+from lightning_modules.dream.module import DreamModule
 
 
 def make_module(**overrides) -> DreamModule:

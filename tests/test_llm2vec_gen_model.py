@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from datamodules.unlabeled_queries import UnlabeledQueryDataModule
-from lightning_modules.llm2vec_gen.module import LLM2VecGenModule
 from lightning_modules.llm2vec_gen.generation import Response
+from lightning_modules.llm2vec_gen.module import LLM2VecGenModule
 
 TRAINABLE = {
     "special_tokens",
