@@ -15,6 +15,8 @@ import lightning as L
 import yaml
 from lightning.pytorch.utilities import rank_zero_info
 
+from lightning_modules.base import RetrieverModule
+
 METRIC_ORDER = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
 
 
@@ -209,7 +211,11 @@ class ExportEmbedder(L.Callback):
         self.path: Path | None = None
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero or getattr(pl_module, "embedder", None) is None:
+        if (
+            not trainer.is_global_zero
+            or not isinstance(pl_module, RetrieverModule)
+            or pl_module.embedder is None
+        ):
             return
         self.path = Path(trainer.default_root_dir) / self.dirname
         card = model_card(

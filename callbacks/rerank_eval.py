@@ -13,8 +13,6 @@ Reranked runs hold only k documents per query, so their recall@100 is recall@k.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,26 +22,19 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from datamodules.protocols import corpus_source, source_name
 from lightning_modules.models.embedder import Embedder
 from lightning_modules.models.registry import resolve_model_path
+from lightning_modules.rabtriever.module import RabtrieverModule
 from lightning_modules.rabtriever.reranker import rerank_top_k, teacher_pair_scorer
-from retrieval.cache import cache_root, save_tensors_atomically, write_json_atomically
+from retrieval.cache import cache_key, cache_root, cached_tensors, write_json_atomically
 from retrieval.metrics import evaluate_run
 from retrieval.search import exact_top_k
 
 
-def _digest(obj: Any) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
 def _cached(name: str, key: Any, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, Any]:
-    """``compute()`` → dict of tensors, through ``<cache>/rabtriever/<name>-<digest(key)>.pt``."""
-    path = cache_root() / "rabtriever" / f"{name}-{_digest(key)}.pt"
-    if path.exists():
-        return dict(torch.load(path, weights_only=True))
-    value = compute()
-    save_tensors_atomically(path, value)
-    return dict(value)
+    """``compute()`` → dict of tensors, through the checksummed ``<cache>/rabtriever/<name>-<key>.pt``."""
+    return dict(cached_tensors(cache_root() / "rabtriever" / f"{name}-{cache_key(key)[:20]}.pt", compute))
 
 
 class RerankEvaluation(L.Callback):
@@ -75,7 +66,9 @@ class RerankEvaluation(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        dm = trainer.datamodule
+        dm = corpus_source(trainer.datamodule, "rerank evaluation")
+        if not isinstance(pl_module, RabtrieverModule):
+            raise TypeError(f"RerankEvaluation evaluates a RabtrieverModule, not {type(pl_module).__name__}")
         corpus = dm.load_corpus()
         queries = dm.eval_queries()
         query_ids, query_texts = [q.query_id for q in queries], [q.text for q in queries]
@@ -84,10 +77,10 @@ class RerankEvaluation(L.Callback):
         qrels = {q: corpus.qrels[dm.eval_split][q] for q in query_ids}
         if self._fixed is None:
             data_key = {
-                "data": dm.hub_name or str(dm.path),
+                "data": source_name(dm),
                 "split": dm.eval_split,
                 "queries": query_ids,
-                "documents": _digest(doc_ids),
+                "documents": cache_key(doc_ids)[:20],
             }
             self._fixed = self._first_stage_and_teacher(pl_module, query_texts, doc_texts, data_key)
             for entry in self._fixed.values():
@@ -143,7 +136,7 @@ class RerankEvaluation(L.Callback):
         return {"rerank": self.history[-1]} if self.history else {}
 
     def _first_stage_and_teacher(
-        self, pl_module: L.LightningModule, query_texts: list[str], doc_texts: list[str], data_key: dict
+        self, pl_module: RabtrieverModule, query_texts: list[str], doc_texts: list[str], data_key: dict
     ) -> dict[str, Any]:
         key = {
             "first_stage": self.first_stage,

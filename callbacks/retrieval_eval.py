@@ -9,13 +9,12 @@ all-gathered, and every rank searches the same full index: every rank logs the s
 checkpointing can monitor them) and every rank runs the same number of forward passes (FSDP's
 collectives never wait on a rank that has stopped). Under FSDP the encoding runs through the wrapped
 model's ``forward`` so the sharded parameters are gathered. A module's own ``retrieve()`` hook runs on
-the whole corpus on every rank.
+the whole corpus on every rank (mteb's split: a :class:`~lightning_modules.protocols.TextEncoder` is
+searched here, a :class:`~lightning_modules.protocols.CorpusRetriever` searches itself).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from pathlib import Path
@@ -26,7 +25,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from callbacks.untrained_cache import read_untrained_score, write_untrained_score
-from retrieval.cache import write_json_atomically
+from datamodules.protocols import corpus_source, source_name
+from lightning_modules.protocols import CachesUntrainedScore, CorpusRetriever
+from retrieval.cache import cache_key, write_json_atomically
 from retrieval.metrics import evaluate_run
 from retrieval.search import exact_top_k
 
@@ -71,13 +72,13 @@ class RetrievalEvaluation(L.Callback):
 
     @torch.no_grad()
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
-        datamodule = trainer.datamodule
+        datamodule = corpus_source(trainer.datamodule, "retrieval evaluation")
         corpus = datamodule.load_corpus()
         queries = datamodule.eval_queries()
         qrels = {q.query_id: corpus.qrels[datamodule.eval_split][q.query_id] for q in queries}
         doc_ids = corpus.doc_ids
         start = time.perf_counter()
-        if hasattr(pl_module, "retrieve"):
+        if isinstance(pl_module, CorpusRetriever):
             scores, indices = call_through_strategy(
                 trainer,
                 pl_module,
@@ -113,20 +114,20 @@ class RetrievalEvaluation(L.Callback):
 
     # ---- untrained-score cache ---------------------------------------------------------------------------
     def _cache_key(self, trainer: L.Trainer, pl_module: L.LightningModule) -> str | None:
-        key = pl_module.untrained_score_key() if hasattr(pl_module, "untrained_score_key") else None
+        key = pl_module.untrained_score_key() if isinstance(pl_module, CachesUntrainedScore) else None
         if not self.cache_untrained or key is None:
             return None
-        dm = trainer.datamodule
+        dm = corpus_source(trainer.datamodule, "retrieval evaluation")
         corpus = dm.load_corpus()
         full = {
             "module": key,
-            "data": dm.hub_name or str(dm.path),
+            "data": source_name(dm),
             "split": dm.eval_split,
             "queries": [q.query_id for q in dm.eval_queries()],
             "corpus": len(corpus.corpus),
             "top_k": self.top_k,
         }
-        return hashlib.sha1(json.dumps(full, sort_keys=True, default=str).encode()).hexdigest()
+        return cache_key(full)
 
     def _cached_untrained(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any] | None:
         key = self._cache_key(trainer, pl_module)

@@ -11,8 +11,10 @@ import lightning as L
 import torch
 from torch import nn
 
+from datamodules.batch import BatchPreparer, RetrievalBatch
 from lightning_modules.models.embedder import Embedder
 from lightning_modules.models.frozen_lm import FrozenCausalLM
+from lightning_modules.models.tokenization import EmbedderBatchPreparer, mark_prepared
 
 DEFAULT_OPTIMIZER = {"lr": 2e-5, "weight_decay": 0.01, "betas": (0.9, 0.999), "eps": 1e-8}
 DEFAULT_SCHEDULER = {"warmup_ratio": 0.1, "kind": "linear"}
@@ -57,6 +59,19 @@ class RetrieverModule(L.LightningModule):
         self.eval_batch_size = eval_batch_size
         self.eval_precision = eval_precision
         self.skipped_batches = 0
+
+    # ---- the batch: tokenised by this module's preparer in the DataLoader workers ----------------------
+    def batch_preparer(self) -> BatchPreparer:
+        """The collate-time work of this method (datamodules call it through ``Collator``): by default the
+        embedder's tokenisation of queries and every group member."""
+        if self.embedder is None:
+            return mark_prepared
+        return EmbedderBatchPreparer(self.embedder.text_tokenizer)
+
+    def prepared(self, batch: RetrievalBatch) -> RetrievalBatch:
+        """``batch`` as the preparer leaves it; prepared here (on this module's device) only when it arrives
+        unprepared, e.g. built by hand or by a DataLoader that does not use :func:`module_preparer`."""
+        return batch if batch.prepared else self.batch_preparer()(batch).to(self.device)
 
     # ---- retrieval interface used by the evaluation callback -------------------------------------------
     def encode_queries(self, texts: list[str], show_progress: bool = False) -> torch.Tensor:

@@ -16,7 +16,7 @@ from lightning_modules.dream.attention import (
     dream_attention_forward,
     register_dream_attention,
 )
-from lightning_modules.dream.bias import document_bias, key_position_bias
+from lightning_modules.losses.dream import document_bias, key_position_bias
 from lightning_modules.models.tiny import tiny_model
 from tests.conftest import has_flash_attn
 from tests.dream_fixtures import WORDS, model, tokenizer, two_question_batch  # noqa: F401 (pytest fixtures)

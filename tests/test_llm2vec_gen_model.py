@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from datamodules.batch import RetrievalBatch
 from datamodules.unlabeled_queries import UnlabeledQueryDataModule
 from lightning_modules.llm2vec_gen.generation import Response
 from lightning_modules.llm2vec_gen.module import LLM2VecGenModule
@@ -195,3 +196,30 @@ def test_debug_tiny_caps_the_response_budget(monkeypatch):
     monkeypatch.setenv("LSR_TINY_MODELS", "1")
     capped = build_module(generation={"max_new_tokens": 500})
     assert capped.generation_settings.max_new_tokens == TINY_MAX_NEW_TOKENS
+
+
+def test_a_preparer_made_before_the_responses_exist_still_sees_them(tmp_path, monkeypatch):
+    """Lightning may build the train loader (and its collator) before on_fit_start generates the responses."""
+    monkeypatch.setenv("LSR_CACHE_DIR", str(tmp_path))
+    module = build_module()
+    preparer = module.batch_preparer()
+    module.prepare_responses(["a", "b"], ["who wrote the song", "where is the river"], show_progress=False)
+    batch = RetrievalBatch(
+        query_ids=["b", "a"],
+        queries=["where is the river", "who wrote the song"],
+        documents=[[], []],
+        document_ids=[[], []],
+        document_codes=torch.empty(2, 0, dtype=torch.long),
+    )
+    inputs = preparer(batch).lm_inputs
+    assert torch.equal(
+        inputs.teacher_targets, torch.stack([module.teacher_targets["b"], module.teacher_targets["a"]])
+    )
+    torch.testing.assert_close(
+        module.step_losses(inputs)["loss"],
+        module.losses(batch.queries, [module.responses["b"], module.responses["a"]], inputs.teacher_targets)[
+            "loss"
+        ],
+    )
+    with pytest.raises(KeyError, match="no cached response"):
+        preparer(RetrievalBatch(["c"], ["new"], [[]], [[]], torch.empty(1, 0, dtype=torch.long)))

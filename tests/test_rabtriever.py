@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
+from datamodules.batch import RetrievalBatch
 from datamodules.records import Document
 from lightning_modules.rabtriever.module import RabtrieverModule
 from lightning_modules.rabtriever.predictor import build_predictor
@@ -100,11 +103,17 @@ def test_rabtriever_refuses_a_trainable_embedder():
         )
 
 
-def _batch(queries: list[str], group: int) -> dict:
-    return {
-        "queries": queries,
-        "documents": [DOCUMENTS[(i + j) % len(DOCUMENTS)] for i in range(len(queries)) for j in range(group)],
-    }
+def _batch(queries: list[str], group: int) -> RetrievalBatch:
+    documents = [[DOCUMENTS[(i + j) % len(DOCUMENTS)] for j in range(group)] for i in range(len(queries))]
+    return RetrievalBatch(
+        query_ids=[f"q{i}" for i in range(len(queries))],
+        queries=queries,
+        documents=documents,
+        document_ids=[[f"d{(i + j) % len(DOCUMENTS)}" for j in range(group)] for i in range(len(queries))],
+        document_codes=torch.tensor(
+            [[(i + j) % len(DOCUMENTS) for j in range(group)] for i in range(len(queries))]
+        ),
+    )
 
 
 @pytest.mark.parametrize(("kind", "kl_over"), [("mlp", "relevance"), ("cross_attention", "vocabulary")])
@@ -219,11 +228,14 @@ def test_reranker_sft_trains_lora_only_and_saves_the_merged_teacher(tmp_path):
     sft = RerankerSFTModule("tiny-llama", prompt=TINY_PROMPT, lora={"r": 4}, lr=5e-3)
     trainable = [name for name, p in sft.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in name for name in trainable)
-    batch = {
-        "queries": QUERIES[:2],
-        "documents": DOCUMENTS[:4],
-        "labels": torch.tensor([[True, False], [False, True]]),
-    }
+    batch = RetrievalBatch(
+        query_ids=["q0", "q1"],
+        queries=QUERIES[:2],
+        documents=[DOCUMENTS[0:2], DOCUMENTS[2:4]],
+        document_ids=[["d0", "d1"], ["d2", "d3"]],
+        document_codes=torch.tensor([[0, 1], [2, 3]]),
+        gold=torch.tensor([[True, False], [False, True]]),
+    )
     optimizer = sft.configure_optimizers()
     losses = []
     for _ in range(8):
@@ -242,7 +254,7 @@ def test_reranker_sft_trains_lora_only_and_saves_the_merged_teacher(tmp_path):
 
 def test_on_policy_adds_the_students_current_top_documents(module, monkeypatch):
     monkeypatch.setattr(module, "on_policy_pool", lambda: DOCUMENTS)
-    monkeypatch.setattr(module, "on_policy_top_m", 2)
+    monkeypatch.setattr(module, "settings", replace(module.settings, on_policy_top_m=2))
     batch = _batch(QUERIES[:2], 2)
     pair_queries, pair_documents = module.training_pairs(batch)
     assert len(pair_queries) == len(pair_documents) == 2 * (2 + 2)
@@ -251,7 +263,7 @@ def test_on_policy_adds_the_students_current_top_documents(module, monkeypatch):
             module.query_states(QUERIES[:2])[:, None], module.lm.document_states(DOCUMENTS)[None]
         )
     for row in range(2):
-        group = batch["documents"][2 * row : 2 * row + 2]
+        group = batch.documents[row]
         ranked = [
             DOCUMENTS[i] for i in scores[row].argsort(descending=True).tolist() if DOCUMENTS[i] not in group
         ]

@@ -6,22 +6,21 @@ from typing import Any
 
 import torch
 
+from datamodules.batch import RetrievalBatch
 from lightning_modules.base import RetrieverModule
 from lightning_modules.distributed import gather_no_grad, gather_padded, gather_with_grad, world_size
-from lightning_modules.losses.contrastive import (
-    info_nce_loss,
-    multi_positive_info_nce_loss,
-    other_positive_mask,
-)
+from lightning_modules.losses.contrastive import contrastive_loss
 
 
 class ContrastiveModule(RetrieverModule):
     """Trains the embedder with InfoNCE (the label-using baseline of the lab protocol).
 
-    Batches come from :class:`datamodules.RetrievalDataModule`: ``queries`` (B), ``documents`` (B·G, each
-    query's positive(s) first, then hard negatives), ``document_ids`` (B·G ints) and ``positive_ids``
-    (B×P ints, −1 padded). ``objective="info_nce"``: one target per query, its other positives masked out
-    of the negatives. ``objective="mil_nce"``: every in-batch positive counts (multi-positive InfoNCE).
+    Batches come from :class:`datamodules.retrieval.RetrievalDataModule`: ``queries`` (B), ``documents``
+    (B groups of G, each query's positive(s) first, then hard negatives), ``document_codes`` ([B, G]
+    corpus indices) and ``positive_codes`` ([B, P], −1 padded); the loss is
+    :func:`lightning_modules.losses.contrastive.contrastive_loss`. ``objective="info_nce"``: one target
+    per query, its other positives masked out of the negatives. ``objective="mil_nce"``: every in-batch
+    positive counts (multi-positive InfoNCE).
 
     Across ranks the embeddings are all-gathered with the local gradient kept, every rank computes the
     global loss, and the loss is multiplied by the world size so DDP's gradient averaging leaves the
@@ -43,18 +42,20 @@ class ContrastiveModule(RetrieverModule):
         self.mask_other_positives = mask_other_positives
         self.objective = objective
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        queries = gather_with_grad(self.embedder.embed(batch["queries"], "query"))
-        documents = gather_with_grad(self.embedder.embed(batch["documents"], "document"))
-        document_ids = gather_no_grad(batch["document_ids"])
-        positive_ids = gather_padded(batch["positive_ids"], pad_value=-1)  # widths differ across ranks
-        positives = other_positive_mask(positive_ids, document_ids)
-        if self.objective == "mil_nce":
-            loss = multi_positive_info_nce_loss(queries, documents, positives, self.temperature)
-        else:
-            group = documents.shape[0] // queries.shape[0]
-            targets = torch.arange(queries.shape[0], device=queries.device) * group
-            exclude = positives if self.mask_other_positives else None
-            loss = info_nce_loss(queries, documents, targets, exclude, self.temperature)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["queries"]))
+    def training_step(self, batch: RetrievalBatch, batch_idx: int) -> torch.Tensor | None:
+        batch = self.prepared(batch)
+        inputs = batch.embedder_inputs
+        queries = gather_with_grad(self.embedder.embed_tokens(inputs.queries))
+        documents = gather_with_grad(self.embedder.embed_tokens(inputs.documents))
+        loss = contrastive_loss(
+            queries,
+            documents,
+            gather_no_grad(batch.document_codes.flatten()),
+            gather_padded(batch.positive_codes, pad_value=-1),  # widths differ across ranks
+            batch.group_size,
+            self.objective,
+            self.mask_other_positives,
+            self.temperature,
+        )
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
         return self.checked_loss(loss * world_size(), batch_idx)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from datamodules.batch import moved
+
 IGNORE_INDEX = -100
 
 
@@ -36,14 +38,7 @@ class DreamInputs:
     context_length: int
 
     def to(self, device: torch.device | str) -> DreamInputs:
-        return DreamInputs(
-            self.input_ids.to(device),
-            self.attention_mask.to(device),
-            self.position_ids.to(device),
-            self.document_index.to(device),
-            self.labels.to(device),
-            self.context_length,
-        )
+        return moved(self, device)
 
     @property
     def suffix_length(self) -> int:
