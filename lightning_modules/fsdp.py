@@ -19,8 +19,8 @@ Activation checkpointing wraps the chosen layers after sharding (``embedder``, `
 are worth recomputing too). Checkpoints are sharded (``state_dict_type="sharded"``): every rank writes
 its own shard into a checkpoint *directory*, which the same Lightning code resumes from. Such a directory
 is read back with ``torch.distributed.checkpoint``, which needs every tensor the model holds, so the
-frozen LM's shards are written too (each rank 1/world of them), unlike single-file checkpoints, where
-``RetrieverModule`` drops the frozen LM and reloads it by name.
+frozen shards are written too (each rank 1/world of them), unlike single-file checkpoints, where
+``RetrieverModule`` keeps only the trained parameters and reloads the rest by name.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from lightning_modules.base import FROZEN_PREFIX
+
 CHECKPOINTING_CHOICES = ("none", "embedder", "frozen_lm", "all")
-FROZEN_LM_ATTRIBUTE = "frozen_lm"  # RetrieverModule's attribute name for the frozen LM
-FROZEN_PREFIX = f"{FROZEN_LM_ATTRIBUTE}."
 
 
 def no_split_class_names(model: nn.Module) -> set[str]:
@@ -182,10 +182,9 @@ class RetrieverFSDPStrategy(FSDPStrategy):
     def save_checkpoint(
         self, checkpoint: dict[str, Any], filepath: str | Path, storage_options: Any | None = None
     ) -> None:
-        """Put the frozen LM's shards back into a sharded checkpoint (see the module docstring)."""
+        """Put the frozen shards back into a sharded checkpoint (see the module docstring)."""
         if self._state_dict_type == "sharded" and "state_dict" in checkpoint:
-            frozen = {
-                k: v for k, v in self.lightning_module_state_dict().items() if k.startswith(FROZEN_PREFIX)
-            }
+            full = self.lightning_module_state_dict()
+            frozen = {k: v for k, v in full.items() if k not in checkpoint["state_dict"]}
             checkpoint["state_dict"] = {**frozen, **checkpoint["state_dict"]}
         super().save_checkpoint(checkpoint, filepath, storage_options)

@@ -291,19 +291,6 @@ class LLM2VecGenModule(settings_arguments(LLM2VecGenSettings), RetrieverModule):
     def encode_documents(self, texts: list[str], show_progress: bool = False) -> torch.Tensor:
         return self.encode(texts, "document", show_progress)
 
-    # ---- checkpoints: neither the frozen LM nor the teacher is stored -----------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        state = checkpoint.get("state_dict", {})
-        for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
-            del state[key]
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        if "state_dict" in checkpoint:
-            for key, value in self.teacher.state_dict(prefix=TEACHER_PREFIX).items():
-                checkpoint["state_dict"].setdefault(key, value)
-
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         params = super().trainable_parameters()
         frozen = [n for n, _ in params if n.startswith((TEACHER_PREFIX, FROZEN_PREFIX))]
