@@ -36,15 +36,9 @@ def measure(experiment: str, workdir: Path) -> dict[str, Any]:
     L.seed_everything(cfg.seed, verbose=False)
     datamodule = instantiate(cfg.data, _convert_="all")
     module = instantiate(cfg.model, _convert_="all")
+    quiet = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
     trainer = L.Trainer(
-        max_steps=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=str(workdir),
+        max_steps=1, accelerator="cpu", limit_val_batches=0, default_root_dir=str(workdir), **quiet
     )
     trainer.fit(module, datamodule=datamodule)
     current = workdir / "current.ckpt"

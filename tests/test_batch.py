@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-import lightning as L
 import pytest
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
@@ -15,6 +14,7 @@ from datamodules.batch import Collator, EmbedderInputs, RetrievalBatch, Tokenize
 from datamodules.retrieval import GroupDataset, RetrievalDataModule, collate_groups
 from lightning_modules.contrastive.module import ContrastiveModule
 from lightning_modules.dream.inputs import DreamInputs
+from tests.helpers import quiet_trainer
 
 
 def two_query_batch() -> RetrievalBatch:
@@ -82,14 +82,5 @@ def test_a_trainer_hands_the_modules_preparer_to_the_collator(tiny_bert_path, tm
     seen: list[RetrievalBatch] = []
     original = module.training_step
     module.training_step = lambda batch, batch_idx: (seen.append(batch), original(batch, batch_idx))[1]
-    trainer = L.Trainer(
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=str(tmp_path),
-    )
-    trainer.fit(module, datamodule=data)
+    quiet_trainer(tmp_path).fit(module, datamodule=data)
     assert seen and seen[0].prepared and seen[0].embedder_inputs is not None

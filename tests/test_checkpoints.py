@@ -9,7 +9,7 @@ import torch
 
 from datamodules.retrieval import RetrievalDataModule
 from lightning_modules.contrastive.module import ContrastiveModule
-from tests.helpers import run_experiment
+from tests.helpers import quiet_trainer, run_experiment
 
 
 def test_checkpoint_has_no_frozen_lm_and_loads_weights_only(tmp_path, tiny_bert_path, tiny_llama_path):
@@ -17,15 +17,7 @@ def test_checkpoint_has_no_frozen_lm_and_loads_weights_only(tmp_path, tiny_bert_
         embedder={"name_or_path": tiny_bert_path}, frozen_lm={"name_or_path": tiny_llama_path}
     )
     dm = RetrievalDataModule(path="tiny_hotpotqa", group_size=2, batch_size=2)
-    trainer = L.Trainer(
-        max_steps=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path)
     trainer.fit(model, datamodule=dm)
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)
@@ -67,17 +59,7 @@ def fit_lora(module: ContrastiveModule, root, max_steps: int, ckpt_path=None) ->
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             losses[trainer.global_step] = float(outputs["loss"])
 
-    trainer = L.Trainer(
-        max_steps=max_steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[RecordLoss()],
-        default_root_dir=root,
-    )
+    trainer = quiet_trainer(root, max_steps, callbacks=[RecordLoss()])
     data = RetrievalDataModule(path="tiny_hotpotqa", group_size=2, batch_size=2, seed=0)
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
     return trainer, losses
