@@ -14,6 +14,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from datamodules.batch import moved
+from lightning_modules.models.tokenization import plain_token_ids
 
 IGNORE_INDEX = -100
 
@@ -77,16 +78,15 @@ def build_dream_inputs(
     prefixes, blocks, suffixes, prompt_lengths = [], [], [], []
     for row, (docs, prompt, target) in enumerate(zip(documents, prompts, targets)):
         prefix, owner = [], []
-        for j, text in enumerate(docs):
-            ids = _ids(tokenizer, text)[:max_document_tokens] + separator
-            prefix += ids
-            owner += [j] * len(ids)
+        for j, ids in enumerate(plain_token_ids(tokenizer, docs, max_document_tokens)):
+            prefix += ids + separator
+            owner += [j] * (len(ids) + len(separator))
         prompt_ids = _ids(tokenizer, prompt)
         if not prompt_ids:
             raise ValueError(
                 f"row {row}: the prompt is empty; DREAM needs a prompt between the documents and the target"
             )
-        target_ids = _ids(tokenizer, target)[:max_target_tokens]
+        target_ids = plain_token_ids(tokenizer, [target], max_target_tokens)[0] if target else []
         if append_eos_to_target:
             target_ids = target_ids + [tokenizer.eos_token_id]
         if not target_ids:

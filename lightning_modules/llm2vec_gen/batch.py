@@ -16,6 +16,7 @@ from transformers import PreTrainedTokenizerBase
 from datamodules.batch import RetrievalBatch, TokenizedTexts, moved
 from lightning_modules.llm2vec_gen.generation import Response
 from lightning_modules.llm2vec_gen.prompts import PromptBuilder, pad_token_id, right_pad
+from lightning_modules.models.tokenization import plain_token_ids
 
 
 @dataclass
@@ -43,8 +44,7 @@ def response_token_ids(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded response ids ``[B, R]`` and mask; EOS appended where the LM ended its answer."""
     rows = []
-    for response in responses:
-        ids = tokenizer(response.text, add_special_tokens=False)["input_ids"][:max_tokens]
+    for response, ids in zip(responses, plain_token_ids(tokenizer, [r.text for r in responses], max_tokens)):
         rows.append([*ids, eos_id] if response.finished or not ids else ids)
     return right_pad(rows, pad_token_id(tokenizer))
 

@@ -23,6 +23,7 @@ from lightning_modules.llm_embedder.score_cache import ScoreCache, item_key
 from lightning_modules.llm_embedder.settings import TeacherSettings
 from lightning_modules.llm_embedder.templates import split_template
 from lightning_modules.models.frozen_lm import FrozenCausalLM
+from lightning_modules.models.tokenization import plain_token_ids
 from retrieval.cache import cache_key
 
 
@@ -110,9 +111,9 @@ class TeacherScorer:
 
     # ---- prompts ------------------------------------------------------------------------------------------
     def _truncate(self, text: str, max_tokens: int) -> str:
-        tokenizer = self.lm.tokenizer
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens])
+        """``text`` cut to its first ``max_tokens`` tokens (decoded), or unchanged when it has no more."""
+        ids = plain_token_ids(self.lm.tokenizer, [text], max_tokens + 1)[0]
+        return text if len(ids) <= max_tokens else self.lm.tokenizer.decode(ids[:max_tokens])
 
     def prompt(self, template: str, item: ScoringItem) -> tuple[str, str]:
         """The (prompt, desired output) strings of one item, key and output truncated."""

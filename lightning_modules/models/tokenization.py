@@ -15,8 +15,19 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from datamodules.batch import EmbedderInputs, RetrievalBatch, TokenizedTexts
+from retrieval.text import bounded_token_ids
 
 Kind = Literal["query", "document"]
+
+
+def plain_token_ids(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_tokens: int
+) -> list[list[int]]:
+    """The first ``max_tokens`` ids of each text (no special tokens), without tokenising more of a text
+    than that can need (:func:`retrieval.text.bounded_token_ids`)."""
+    return bounded_token_ids(
+        lambda batch: tokenizer(batch, add_special_tokens=False)["input_ids"], list(texts), max_tokens
+    )
 
 
 @dataclass
@@ -37,10 +48,15 @@ class EmbedderTokenizer:
     append_eos: bool = False
 
     def token_ids(self, texts: Sequence[str], kind: Kind) -> list[list[int]]:
-        """Unpadded ids: ``instruction + text`` truncated to ``max_length`` (EOS included when appended)."""
+        """Unpadded ids: ``instruction + text`` truncated to ``max_length`` (EOS included when appended);
+        each text is cut to a bound derived from ``max_length`` before tokenising (:mod:`retrieval.text`)."""
         prefix = self.instructions[kind]
         budget = self.max_length - (1 if self.append_eos else 0)
-        ids = self.tokenizer([prefix + t for t in texts], truncation=True, max_length=budget)["input_ids"]
+        ids = bounded_token_ids(
+            lambda batch: self.tokenizer(batch, truncation=True, max_length=budget)["input_ids"],
+            [prefix + t for t in texts],
+            budget,
+        )
         if self.append_eos:
             ids = [row + [self.tokenizer.eos_token_id] for row in ids]
         return ids

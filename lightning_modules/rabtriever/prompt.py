@@ -19,6 +19,7 @@ from typing import ClassVar
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from lightning_modules.models.tokenization import plain_token_ids
 from lightning_modules.settings import Settings, SettingsError
 
 CHAT_MARK = "\x00RABTRIEVER\x00"
@@ -104,8 +105,7 @@ class PromptTokenizer:
     def _encode_many(self, texts: Sequence[str], limit: int) -> list[list[int]]:
         if not texts:
             return []
-        ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-        return [row[:limit] for row in ids]
+        return plain_token_ids(self.tokenizer, texts, limit)
 
     def document_ids(self, documents: Sequence[str], with_prefix: bool = True) -> list[list[int]]:
         """``prefix + document part`` per document (the teacher's and the student's shared beginning)."""
