@@ -82,20 +82,45 @@ class RerankEvaluation(L.Callback):
                 "queries": query_ids,
                 "documents": cache_key(doc_ids)[:20],
             }
-            self._fixed = self._first_stage_and_teacher(pl_module, query_texts, doc_texts, data_key)
-            for entry in self._fixed.values():
-                entry["metrics"] = evaluate_run(
-                    to_run(query_ids, doc_ids, entry["scores"], entry["indices"]), qrels
-                )[0]
-            self._fixed["random_rerank"] = {
-                "metrics": random_order_metrics(
-                    query_ids, doc_ids, self._fixed["first_stage"]["indices"], qrels
-                ),
-                "seconds": 0.0,
-            }
-        candidates = self._fixed["first_stage"]["indices"]
-
+            fixed = self._first_stage_and_teacher(pl_module, query_texts, doc_texts, data_key)
+            self._fixed = self._with_metrics(fixed, query_ids, doc_ids, qrels)
         start = time.perf_counter()
+        student_run = self._student_rerank(pl_module, query_ids, query_texts, doc_ids, doc_texts)
+        metrics = {name: entry["metrics"] for name, entry in self._fixed.items()}
+        metrics["student_rerank"] = evaluate_run(student_run, qrels)[0]
+        seconds = {name: entry["seconds"] for name, entry in self._fixed.items()}
+        self._record(
+            trainer, pl_module, metrics, seconds | {"student_rerank": round(time.perf_counter() - start, 2)}
+        )
+
+    def _with_metrics(
+        self,
+        fixed: dict[str, Any],
+        query_ids: list[str],
+        doc_ids: list[str],
+        qrels: dict[str, dict[str, int]],
+    ) -> dict[str, Any]:
+        """The first stage's and the teacher's metrics, and the random-order floor on the same candidates."""
+        for entry in fixed.values():
+            entry["metrics"] = evaluate_run(
+                to_run(query_ids, doc_ids, entry["scores"], entry["indices"]), qrels
+            )[0]
+        fixed["random_rerank"] = {
+            "metrics": random_order_metrics(query_ids, doc_ids, fixed["first_stage"]["indices"], qrels),
+            "seconds": 0.0,
+        }
+        return fixed
+
+    def _student_rerank(
+        self,
+        pl_module: RabtrieverModule,
+        query_ids: list[str],
+        query_texts: list[str],
+        doc_ids: list[str],
+        doc_texts: list[str],
+    ) -> dict[str, dict[str, float]]:
+        """The student's scores of the first stage's candidates, as a run."""
+        candidates = self._fixed["first_stage"]["indices"]
         stored = pl_module.corpus_states(doc_texts)
         with torch.no_grad():
             query_states = pl_module.query_states(query_texts)
@@ -105,18 +130,21 @@ class RerankEvaluation(L.Callback):
                 .cpu()
             )
         order = student.argsort(dim=1, descending=True, stable=True)
-        student_run = to_run(query_ids, doc_ids, student.gather(1, order), candidates.gather(1, order))
-        student_seconds = round(time.perf_counter() - start, 2)
+        return to_run(query_ids, doc_ids, student.gather(1, order), candidates.gather(1, order))
 
-        metrics = {name: entry["metrics"] for name, entry in self._fixed.items()}
-        metrics["student_rerank"] = evaluate_run(student_run, qrels)[0]
+    def _record(
+        self,
+        trainer: L.Trainer,
+        pl_module: RabtrieverModule,
+        metrics: dict[str, dict[str, float]],
+        seconds: dict[str, float],
+    ) -> None:
         record = {
             "step": trainer.global_step,
             "top_k": self.top_k,
             "first_stage": self.first_stage,
             "metrics": metrics,
-            "seconds": {name: entry["seconds"] for name, entry in self._fixed.items()}
-            | {"student_rerank": student_seconds},
+            "seconds": seconds,
             "document_state_seconds": pl_module.document_state_seconds,
         }
         self.history.append(record)

@@ -75,7 +75,7 @@ def build_dream_inputs(
         raise ValueError(f"max_document_tokens must be >= 1, got {max_document_tokens}")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     separator = _ids(tokenizer, document_separator)
-    prefixes, blocks, suffixes, prompt_lengths = [], [], [], []
+    rows = []
     for row, (docs, prompt, target) in enumerate(zip(documents, prompts, targets)):
         prefix, owner = [], []
         for j, ids in enumerate(plain_token_ids(tokenizer, docs, max_document_tokens)):
@@ -91,20 +91,24 @@ def build_dream_inputs(
             target_ids = target_ids + [tokenizer.eos_token_id]
         if not target_ids:
             raise ValueError(f"row {row}: the target '{target}' tokenises to nothing")
-        prefixes.append(prefix)
-        blocks.append(owner)
-        suffixes.append(prompt_ids + target_ids)
-        prompt_lengths.append(len(prompt_ids))
+        rows.append((prefix, owner, prompt_ids + target_ids, len(prompt_ids)))
+    return assemble_dream_inputs(rows, pad_id)
 
-    batch = len(prefixes)
-    prefix_length = max(len(p) for p in prefixes)
-    suffix_length = max(len(s) for s in suffixes)
+
+def assemble_dream_inputs(
+    rows: list[tuple[list[int], list[int], list[int], int]], pad_id: int
+) -> DreamInputs:
+    """Pad ``(document prefix, owner of each prefix position, prompt + target, prompt length)`` rows into a
+    batch: prefixes left-padded to one length, suffixes right-padded, labels on the target tokens only."""
+    batch = len(rows)
+    prefix_length = max(len(prefix) for prefix, _, _, _ in rows)
+    suffix_length = max(len(suffix) for _, _, suffix, _ in rows)
     total = prefix_length + suffix_length
     input_ids = torch.full((batch, total), pad_id, dtype=torch.long)
     attention_mask = torch.zeros(batch, total, dtype=torch.long)
     document_index = torch.full((batch, prefix_length), -1, dtype=torch.long)
     labels = torch.full((batch, suffix_length), IGNORE_INDEX, dtype=torch.long)
-    for row, (prefix, owner, suffix, n_prompt) in enumerate(zip(prefixes, blocks, suffixes, prompt_lengths)):
+    for row, (prefix, owner, suffix, n_prompt) in enumerate(rows):
         start = prefix_length - len(prefix)
         input_ids[row, start:prefix_length] = torch.tensor(prefix, dtype=torch.long)
         attention_mask[row, start:prefix_length] = 1
