@@ -26,7 +26,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from callbacks.untrained_cache import read_untrained_score, write_untrained_score
 from datamodules.protocols import corpus_source, source_name
-from lightning_modules.protocols import CachesUntrainedScore, CorpusRetriever
+from lightning_modules.protocols import CachesUntrainedScore, CorpusRetriever, TextEncoder
 from retrieval.cache import cache_key, write_json_atomically
 from retrieval.metrics import evaluate_run
 from retrieval.search import exact_top_k
@@ -87,7 +87,7 @@ class RetrievalEvaluation(L.Callback):
                 [corpus.corpus[d] for d in doc_ids],
                 self.top_k,
             )
-        else:
+        elif isinstance(pl_module, TextEncoder):
             show = self.show_progress and trainer.is_global_zero
             documents = encode_sharded(
                 trainer, pl_module, "encode_documents", [corpus.corpus[d].as_text() for d in doc_ids], show
@@ -96,6 +96,11 @@ class RetrievalEvaluation(L.Callback):
                 trainer, pl_module, "encode_queries", [q.text for q in queries], show
             )
             scores, indices = exact_top_k(query_embeddings, documents, self.top_k, use_faiss=self.use_faiss)
+        else:
+            raise TypeError(
+                f"retrieval evaluation needs a module that encodes texts (encode_queries / encode_documents) or "
+                f"retrieves itself (retrieve), not {type(pl_module).__name__}"
+            )
         seconds = time.perf_counter() - start
         run = {
             q.query_id: {doc_ids[int(i)]: float(s) for s, i in zip(scores[row], indices[row])}
