@@ -24,7 +24,7 @@ from bench.machine import machine_info
 from bench.report import write_summary
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PARTS = ("ceiling", "encode", "dream", "signal_cache", "frozen_memory", "train_step")
+PARTS = ("ceiling", "encode", "dream", "signal_cache", "frozen_memory", "train_step", "bm25_mining")
 
 # sizes of the reference run (estimated ~15 minutes on an idle 2-core machine) and of --quick
 SIZES: dict[str, dict[str, Any]] = {
@@ -43,6 +43,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "dream_candidates": 5,
         "dream_doc_tokens": 64,
         "dream_repeats": 3,
+        "bm25_docs": (200_000, 1_000_000),
+        "bm25_queries": 2_000,
     },
     "quick": {
         "ceiling_repeats": 3,
@@ -59,6 +61,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "dream_candidates": 3,
         "dream_doc_tokens": 16,
         "dream_repeats": 1,
+        "bm25_docs": (20_000,),
+        "bm25_queries": 500,
     },
 }
 
@@ -176,6 +180,10 @@ def run_part(part: str, out: Path, sizes: dict[str, Any], methods: list[str] | N
             sizes["dream_doc_tokens"],
             sizes["dream_repeats"],
         )
+    if part == "bm25_mining":
+        from bench.bm25_mining import run
+
+        return run(list(sizes["bm25_docs"]), sizes["bm25_queries"])
     raise ValueError(f"unknown part '{part}' (choose from: {', '.join(PARTS)})")
 
 

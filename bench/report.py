@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.bm25_mining import summary_lines as bm25_summary_lines
+
 GOALS = {"mfu_small": 0.40, "encode_speedup": 1.5, "encode_cosine": 0.999, "cached_over_first": 0.05}
 
 
@@ -246,6 +248,7 @@ SECTIONS = {
     "signal_cache": signal_section,
     "frozen_memory": memory_section,
     "dream": dream_section,
+    "bm25_mining": bm25_summary_lines,
 }
 
 
@@ -270,7 +273,10 @@ def write_summary(folder: Path) -> Path:
             lines += section(parts[name]["result"])
     others = sorted(p.name for p in folder.glob("*.json") if p.stem not in SECTIONS)
     if others:
-        known = {"rabtriever_cost.json": "`make bench-rabtriever`: Rabtriever student vs teacher cost"}
+        known = {
+            "rabtriever_cost.json": "`make bench-rabtriever`: Rabtriever student vs teacher cost",
+            "rag_cost.json": "`make bench-rag`: cost of the downstream `callbacks=rag` evaluation",
+        }
         lines += ["## Other benchmarks in this folder", ""]
         lines += [f"- `{name}`" + (f" ({known[name]})" if name in known else "") for name in others] + [""]
     path = folder / "summary.md"

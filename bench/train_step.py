@@ -26,6 +26,7 @@ from torch import nn
 from bench.flops import count_flops, utilisation
 from bench.machine import peak_rss_mb
 from bench.timing import time_calls
+from datamodules.batch import RetrievalBatch
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ("debug=tiny",)
@@ -87,9 +88,10 @@ ADAPTERS: dict[str, MethodAdapter] = {
             "llm2vec_gen",
             "llm2vec_gen_tiny",
             "llm2vec_gen",
-            {
-                "tiny": TINY,
+            {  # the teacher is frozen and its targets are computed before the step: MiniLM, no stage to build
+                "tiny": (*TINY, "stages=llm2vec_supervised_teacher"),
                 "small": (
+                    "stages=llm2vec_supervised_teacher",
                     "data.batch_size=4",
                     "data.max_train_queries=4",
                     "model.generation.max_new_tokens=32",
@@ -112,7 +114,14 @@ ADAPTERS: dict[str, MethodAdapter] = {
             "rabtriever",
             "rabtriever_tiny",
             "rabtriever",
-            {"tiny": TINY, "small": ("data.batch_size=2", "data.group_size=4")},
+            {  # the zero-shot LM: the same step cost as the SFT stage's output, which is not built here
+                "tiny": (*TINY, "model.frozen_lm.name_or_path=smollm2-135m-instruct"),
+                "small": (
+                    "model.frozen_lm.name_or_path=smollm2-135m-instruct",
+                    "data.batch_size=2",
+                    "data.group_size=4",
+                ),
+            },
             {"small": "frozen SmolLM2-135M teacher = student, MLP predictor, 2 queries x 4 paragraphs"},
         ),
     )
@@ -179,6 +188,8 @@ class TokenCounter:
 
 
 def batch_size_of(batch: Any) -> int:
+    if isinstance(batch, RetrievalBatch):
+        return len(batch)
     if isinstance(batch, dict):
         for key in ("queries", "query_ids", "input_ids"):
             if key in batch:

@@ -9,8 +9,7 @@ all-gathered, and every rank searches the same full index: every rank logs the s
 checkpointing can monitor them) and every rank runs the same number of forward passes (FSDP's
 collectives never wait on a rank that has stopped). Under FSDP the encoding runs through the wrapped
 model's ``forward`` so the sharded parameters are gathered. A module's own ``retrieve()`` hook runs on
-the whole corpus on every rank (mteb's split: a :class:`~lightning_modules.protocols.TextEncoder` is
-searched here, a :class:`~lightning_modules.protocols.CorpusRetriever` searches itself).
+the whole corpus on every rank.
 """
 
 from __future__ import annotations
@@ -26,9 +25,10 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from callbacks.untrained_cache import read_untrained_score, write_untrained_score
 from datamodules.protocols import corpus_source, source_name
+from datamodules.records import RetrievalCorpus
 from lightning_modules.protocols import CachesUntrainedScore, CorpusRetriever, TextEncoder
 from retrieval.cache import cache_key, write_json_atomically
-from retrieval.metrics import evaluate_run
+from retrieval.metrics import evaluate_run, ranked
 from retrieval.search import exact_top_k
 
 
@@ -49,6 +49,15 @@ class RetrievalEvaluation(L.Callback):
     @property
     def last(self) -> dict[str, Any] | None:
         return self.history[-1] if self.history else None
+
+    def ranking(self, step: int) -> dict[str, list[str]] | None:
+        """Each query's retrieved document ids, best first (trec_eval order), from the evaluation at ``step``;
+        None when the last evaluation ran at another step or did not rank (a cached untrained score).
+        Later callbacks at the same validation (``callbacks.rag_eval``) reuse it instead of re-encoding."""
+        record = self.last
+        if record is None or record.get("step") != step or "run" not in record:
+            return None
+        return {qid: ranked(docs) for qid, docs in record["run"].items()}
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -78,29 +87,10 @@ class RetrievalEvaluation(L.Callback):
         qrels = {q.query_id: corpus.qrels[datamodule.eval_split][q.query_id] for q in queries}
         doc_ids = corpus.doc_ids
         start = time.perf_counter()
-        if isinstance(pl_module, CorpusRetriever):
-            scores, indices = call_through_strategy(
-                trainer,
-                pl_module,
-                "retrieve",
-                [q.text for q in queries],
-                [corpus.corpus[d] for d in doc_ids],
-                self.top_k,
-            )
-        elif isinstance(pl_module, TextEncoder):
-            show = self.show_progress and trainer.is_global_zero
-            documents = encode_sharded(
-                trainer, pl_module, "encode_documents", [corpus.corpus[d].as_text() for d in doc_ids], show
-            )
-            query_embeddings = encode_sharded(
-                trainer, pl_module, "encode_queries", [q.text for q in queries], show
-            )
-            scores, indices = exact_top_k(query_embeddings, documents, self.top_k, use_faiss=self.use_faiss)
-        else:
-            raise TypeError(
-                f"retrieval evaluation needs a module that encodes texts (encode_queries / encode_documents) or "
-                f"retrieves itself (retrieve), not {type(pl_module).__name__}"
-            )
+        show = self.show_progress and trainer.is_global_zero
+        scores, indices = retrieve_top_k(
+            trainer, pl_module, [q.text for q in queries], corpus, self.top_k, self.use_faiss, show
+        )
         seconds = time.perf_counter() - start
         run = {
             q.query_id: {doc_ids[int(i)]: float(s) for s, i in zip(scores[row], indices[row])}
@@ -160,6 +150,35 @@ class RetrievalEvaluation(L.Callback):
                 ):
                     lines.append(f"{qid} Q0 {doc} {rank} {score:.6f} lsr")
             (out / f"run_step_{step:06d}.trec").write_text("\n".join(lines) + "\n")
+
+
+def retrieve_top_k(
+    trainer: L.Trainer,
+    pl_module: L.LightningModule,
+    query_texts: list[str],
+    corpus: RetrievalCorpus,
+    k: int,
+    use_faiss: bool = False,
+    show_progress: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores and corpus indices ``[Q, k]`` of each query's top-k under the current model (every rank gets
+    all of them): the module's own ``retrieve()`` when it is a :class:`CorpusRetriever`, else sharded
+    encoding (a :class:`TextEncoder`) + exact search (mteb's split between a search model and an encoder)."""
+    doc_ids = corpus.doc_ids
+    if isinstance(pl_module, CorpusRetriever):
+        return call_through_strategy(
+            trainer, pl_module, "retrieve", query_texts, [corpus.corpus[d] for d in doc_ids], k
+        )
+    if not isinstance(pl_module, TextEncoder):
+        raise TypeError(
+            "retrieval evaluation needs a module that encodes texts (encode_queries / encode_documents) or "
+            f"retrieves itself (retrieve), not {type(pl_module).__name__}"
+        )
+    documents = encode_sharded(
+        trainer, pl_module, "encode_documents", [corpus.corpus[d].as_text() for d in doc_ids], show_progress
+    )
+    queries = encode_sharded(trainer, pl_module, "encode_queries", query_texts, show_progress)
+    return exact_top_k(queries, documents, k, use_faiss=use_faiss)
 
 
 def call_through_strategy(trainer: L.Trainer, pl_module: L.LightningModule, method: str, *args: Any) -> Any:

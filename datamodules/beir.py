@@ -7,10 +7,10 @@ Layout: ``corpus.jsonl`` (``_id``, ``title``, ``text``), ``queries.jsonl`` (``_i
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 from datamodules.errors import DataFormatError
+from datamodules.hub import HubTable, load_table
 from datamodules.jsonl import read_jsonl, require_field
 from datamodules.records import Document, Query, RetrievalCorpus
 
@@ -38,6 +38,8 @@ def load_queries(path: str | Path) -> dict[str, Query]:
     for line, obj in read_jsonl(path):
         qid = str(require_field(obj, "_id", (str, int), path, line))
         text = require_field(obj, "text", str, path, line)
+        if not text.strip():
+            raise DataFormatError(path, f"empty query text (query '{qid}')", line, "text")
         metadata = obj.get("metadata") or {}
         if not isinstance(metadata, dict):
             raise DataFormatError(path, f"expected object, got {type(metadata).__name__}", line, "metadata")
@@ -61,7 +63,7 @@ def load_qrels(
         raise DataFormatError(path, "file not found")
     qrels: dict[str, dict[str, int]] = {}
     try:
-        with path.open(encoding="utf-8", newline="") as handle:
+        with path.open(encoding="utf-8-sig", newline="") as handle:  # -sig: a byte-order mark is accepted
             reader = csv.reader(handle, delimiter="\t")
             for line, row in enumerate(reader, start=1):
                 if not row or (line == 1 and row[0].strip().lower() in {"query-id", "query_id", "qid"}):
@@ -104,63 +106,115 @@ def first_non_utf8_line(path: Path) -> int | None:
     return None
 
 
+def check_data_folder(folder: Path) -> None:
+    """A clear error when ``folder`` is missing or is a file (the usual ``data.path`` mistakes)."""
+    layout = "expected a BEIR-layout folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv"
+    if folder.is_file():
+        raise DataFormatError(
+            folder, f"is a file, not a data folder ({layout}); point data.path at its folder"
+        )
+    if not folder.is_dir():
+        raise DataFormatError(folder, f"data folder not found ({layout})")
+
+
+def available_splits(folder: Path) -> list[str]:
+    """The splits of a BEIR folder: the stems of ``qrels/*.tsv``."""
+    return sorted(p.stem for p in (Path(folder) / "qrels").glob("*.tsv"))
+
+
+def qrels_file(folder: Path, split: str) -> Path:
+    """``qrels/<split>.tsv``; a missing split names the splits the folder has."""
+    path = folder / "qrels" / f"{split}.tsv"
+    if not path.is_file():
+        splits = available_splits(folder)
+        raise DataFormatError(
+            path, f"file not found: no split '{split}' (this folder has: {', '.join(splits) or 'no qrels'})"
+        )
+    return path
+
+
 def load_beir_folder(folder: str | Path, splits: list[str] | None = None) -> RetrievalCorpus:
     """Load a BEIR-layout folder. ``splits=None`` loads every ``qrels/*.tsv``."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise DataFormatError(
-            folder, "data folder not found (expected corpus.jsonl, queries.jsonl, qrels/<split>.tsv)"
-        )
+    check_data_folder(folder)
+    if splits is not None:  # a missing split is named before the (large) corpus is read
+        paths = {split: qrels_file(folder, split) for split in splits}
     corpus = load_corpus(folder / "corpus.jsonl")
     queries = load_queries(folder / "queries.jsonl")
-    qrels_dir = folder / "qrels"
     if splits is None:
-        splits = sorted(p.stem for p in qrels_dir.glob("*.tsv"))
-        if not splits:
-            raise DataFormatError(qrels_dir, "no qrels/<split>.tsv files")
-    qrels = {split: load_qrels(qrels_dir / f"{split}.tsv", corpus, queries) for split in splits}
-    return RetrievalCorpus(corpus=corpus, queries=queries, qrels=qrels, name=folder.name)
+        paths = {split: folder / "qrels" / f"{split}.tsv" for split in available_splits(folder)}
+        if not paths:
+            raise DataFormatError(folder / "qrels", "no qrels/<split>.tsv files")
+    qrels = {split: load_qrels(path, corpus, queries) for split, path in paths.items()}
+    return RetrievalCorpus(
+        corpus=corpus,
+        queries=queries,
+        qrels=qrels,
+        name=folder.name,
+        qrels_sources={split: str(path) for split, path in paths.items()},
+    )
 
 
-def load_beir_from_hub(
-    name: str, splits: list[str], revision: str | None = None, qrels_revision: str | None = None
-) -> RetrievalCorpus:
-    """Load a BEIR data set from the Hugging Face hub, e.g. ``BeIR/scifact`` (+ ``BeIR/scifact-qrels``).
+def load_beir_from_hub(name: str, splits: list[str], revision: str | None = None) -> RetrievalCorpus:
+    """Load a BEIR data set in the mteb hub layout, e.g. ``mteb/scifact`` or ``mteb/msmarco``.
 
-    ``revision`` pins the corpus/queries repository and ``qrels_revision`` the qrels one (two repositories,
-    two commit histories). Needs network access; offline, it raises a message saying how to point at a
-    local copy.
+    One repository holds config ``corpus`` (split ``corpus``: ``_id``, ``title``, ``text``), config
+    ``queries`` (split ``queries``: ``_id``, ``text``) and config ``default`` (the qrels, one split per
+    judged split: ``query-id``, ``corpus-id``, ``score``). The ``BeIR/<name>`` repositories are loading
+    scripts, which datasets >= 4 refuses: their name is answered with the ``mteb/<name>`` to use.
+    ``revision`` pins the repository's commit. Needs network access (or a populated HF cache).
     """
-    import datasets
-
-    def _load(repo: str, config: str | None, split: str):
-        revision_here = qrels_revision if repo.endswith("-qrels") else revision
-        try:
-            return datasets.load_dataset(repo, config, split=split, revision=revision_here)
-        except Exception as err:  # datasets raises several types for an unreachable hub
-            offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
-            raise DataFormatError(
-                repo,
-                f"could not load '{repo}' ({config or 'default'}, split {split}) from the hub "
-                f"({'offline mode is set' if offline else type(err).__name__ + ': ' + str(err)[:200]}). "
-                "Without network access, download the BEIR folder elsewhere and point data.path at it "
-                "(a folder with corpus.jsonl, queries.jsonl, qrels/<split>.tsv).",
-            ) from err
-
-    corpus = {
-        str(row["_id"]): Document(doc_id=str(row["_id"]), text=row["text"], title=row.get("title") or "")
-        for row in _load(name, "corpus", "corpus")
-    }
-    queries = {
-        str(row["_id"]): Query(query_id=str(row["_id"]), text=row["text"])
-        for row in _load(name, "queries", "queries")
-    }
+    corpus: dict[str, Document] = {}
+    for row in _hub_rows(name, "corpus", "corpus", revision):
+        doc_id = str(row["_id"])
+        corpus[doc_id] = Document(doc_id=doc_id, text=row["text"] or "", title=row.get("title") or "")
+    if not corpus:
+        raise DataFormatError(name, "corpus is empty")
+    where = f"{name} (queries) split queries"
+    queries: dict[str, Query] = {}
+    for number, row in enumerate(_hub_rows(name, "queries", "queries", revision), start=1):
+        if not (row["text"] or "").strip():
+            raise DataFormatError(where, f"empty query text (query '{row['_id']}')", number, "text")
+        queries[str(row["_id"])] = Query(query_id=str(row["_id"]), text=row["text"])
     qrels: dict[str, dict[str, dict[str, int]]] = {}
     for split in splits:
         table: dict[str, dict[str, int]] = {}
-        for row in _load(f"{name}-qrels", None, split):
+        for row in _hub_rows(name, "default", split, revision):
             table.setdefault(str(row["query-id"]), {})[str(row["corpus-id"])] = int(row["score"])
         qrels[split] = table
-    if not corpus:
-        raise DataFormatError(name, "corpus is empty")
-    return RetrievalCorpus(corpus=corpus, queries=queries, qrels=qrels, name=name.split("/")[-1])
+    return RetrievalCorpus(
+        corpus=corpus,
+        queries=queries,
+        qrels=qrels,
+        name=name.split("/")[-1],
+        qrels_sources={split: f"{name} (default) split {split}" for split in splits},
+    )
+
+
+def _hub_rows(name: str, config: str, split: str, revision: str | None):
+    return load_table(HubTable(name, config, split, revision=revision))
+
+
+def split_query_ids(folder: str | Path, split: str) -> set[str]:
+    """The query ids judged in ``qrels/<split>.tsv`` (without reading the corpus); a missing split names
+    the splits the folder has."""
+    folder = Path(folder)
+    check_data_folder(folder)
+    path = qrels_file(folder, split)
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        rows = [row for row in csv.reader(handle, delimiter="\t") if row and row[0].strip()]
+    if rows and rows[0][0].strip().lower() in {"query-id", "query_id", "qid"}:
+        rows = rows[1:]
+    return {row[0].strip() for row in rows}
+
+
+def qrels_line(path: str | Path, query_id: str) -> int | None:
+    """The 1-based line of ``query_id``'s first judgement in a qrels TSV (for messages), else None."""
+    try:
+        with Path(path).open(encoding="utf-8-sig", newline="") as handle:
+            for number, row in enumerate(csv.reader(handle, delimiter="\t"), start=1):
+                if row and row[0].strip() == query_id:
+                    return number
+    except OSError:
+        return None
+    return None

@@ -10,6 +10,7 @@ from typing import Any
 from datamodules.errors import DataFormatError
 
 MAX_LINE_BYTES = 16 * 1024 * 1024  # a line longer than this is a broken file, not a document
+BOM = "\ufeff"
 
 
 def read_jsonl(
@@ -17,6 +18,7 @@ def read_jsonl(
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, object)`` for each non-blank line of a JSONL file.
 
+    A UTF-8 byte-order mark at the start of the file (as some Windows editors write) is skipped.
     Raises :class:`DataFormatError` for a missing file, non-UTF-8 bytes, an over-long line, invalid
     JSON, or a line that is not a JSON object.
     """
@@ -37,6 +39,8 @@ def read_jsonl(
                 raise DataFormatError(
                     path, f"not valid UTF-8 ({err.reason} at byte {err.start})", line_number
                 ) from None
+            if line_number == 1:
+                text = text.removeprefix(BOM)
             if not text.strip():
                 continue
             try:

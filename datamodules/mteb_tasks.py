@@ -6,6 +6,8 @@ A task spec is one of:
   ``qrels/<split>.tsv``) or a data alias (``hotpotqa``, ``tiny_hotpotqa``), e.g. ``hotpotqa@dev`` or
   ``/tmp/scifact@test``. The split defaults to ``test``, else ``dev``, else the folder's only split. It
   becomes a :class:`LocalBEIRRetrieval` task: runs offline, nothing is downloaded.
+- a named task set of :data:`TASK_SETS` (``nanobeir``, ``beir``, ``mteb_eng_v2_retrieval``,
+  ``rteb_eng_public``), the papers' evaluation suites;
 - an mteb task name (``NanoSciFactRetrieval``, ``SciFact``) or benchmark name (``NanoBEIR``, ``BEIR``,
   ``RTEB(eng, beta)``): the task definitions ship with mteb, their data come from the Hugging Face hub.
   :func:`preload` loads them once; offline it raises :class:`MTEBTaskUnavailableError` saying how to run
@@ -25,15 +27,32 @@ from mteb.abstasks.abstask import AbsTask
 from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData
 from mteb.abstasks.task_metadata import TaskMetadata
 
-from datamodules.beir import load_beir_folder
+from datamodules.beir import available_splits, check_data_folder, load_beir_folder
 from datamodules.errors import DataFormatError, MTEBTaskUnavailableError
 from datamodules.paths import ALIASES, resolve_data_path
 
 PREFERRED_SPLITS = ("test", "dev")
+# Named task sets for the papers' evaluations, taken from mteb's own benchmark definitions (nothing
+# hard-coded drifts from the installed mteb): name -> (benchmark, which of its tasks)
+TASK_SETS = {
+    "nanobeir": ("NanoBEIR", "all"),  # 13 tasks, 50 queries each: cheap enough for every validation
+    "beir": ("BEIR", "all"),  # the 15 BEIR tasks (MSMARCO on dev, the others on test)
+    "mteb_eng_v2_retrieval": ("MTEB(eng, v2)", "retrieval"),  # the 10 retrieval tasks of MTEB(eng, v2)
+    "rteb_eng_public": ("RTEB(eng, beta)", "public"),  # RTEB's public English tasks (the private need access)
+}
 
 
-def available_splits(folder: Path) -> list[str]:
-    return sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
+def task_set(name: str) -> list[AbsTask]:
+    """The tasks of a named set of :data:`TASK_SETS`."""
+    import mteb
+
+    benchmark, which = TASK_SETS[name]
+    tasks = list(mteb.get_benchmark(benchmark).tasks)
+    if which == "retrieval":
+        tasks = [t for t in tasks if t.metadata.type == "Retrieval"]
+    elif which == "public":
+        tasks = [t for t in tasks if t.metadata.is_public]
+    return tasks
 
 
 def default_split(folder: Path) -> str:
@@ -74,10 +93,7 @@ class LocalBEIRRetrieval(AbsTaskRetrieval):
         **kwargs: Any,
     ):
         self.folder = resolve_data_path(str(folder))
-        if not self.folder.is_dir():
-            raise DataFormatError(
-                self.folder, "data folder not found (expected corpus.jsonl, queries.jsonl, qrels/<split>.tsv)"
-            )
+        check_data_folder(self.folder)
         self.split = split or default_split(self.folder)
         if self.split not in available_splits(self.folder):
             raise DataFormatError(
@@ -131,11 +147,8 @@ def parse_local_spec(spec: str) -> tuple[str, str | None] | None:
     folder, _, split = spec.partition("@")
     if folder in ALIASES or Path(folder).expanduser().is_dir():
         return folder, split or None
-    if folder.startswith(("/", ".", "~")):
-        raise DataFormatError(
-            folder,
-            "data folder not found (expected a BEIR-layout folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv)",
-        )
+    if folder.startswith(("/", ".", "~")) or Path(folder).expanduser().is_file():
+        check_data_folder(Path(folder).expanduser())  # a file or a missing folder: named as such
     return None
 
 
@@ -145,6 +158,8 @@ def resolve_task_spec(spec: str | AbsTask, max_queries: int | None = None) -> li
 
     if isinstance(spec, AbsTask):
         return [spec]
+    if spec in TASK_SETS:
+        return task_set(spec)
     local = parse_local_spec(spec)
     if local is not None:
         folder, split = local

@@ -35,6 +35,17 @@ class QAExample:
 
     query: Query
     candidates: tuple[Candidate, ...]
+    origin: str = field(default="", compare=False)  # "<file>:<line>" the example was read from
+
+    def location(self) -> tuple[str, int | None]:
+        """``(file, line)`` of :attr:`origin` (line None when unknown), for messages."""
+        path, _, line = self.origin.rpartition(":")
+        return (path, int(line)) if path and line.isdigit() else (self.origin, None)
+
+    def negatives_given(self, gold: set[str]) -> list[Document]:
+        """Candidates that are neither marked relevant nor in ``gold`` (the qrels' relevant ids): a gold
+        document is never a negative, whatever the candidate file says."""
+        return [c.document for c in self.candidates if not c.is_relevant and c.document.doc_id not in gold]
 
     @property
     def positives(self) -> list[Document]:
@@ -45,6 +56,17 @@ class QAExample:
         return [c.document for c in self.candidates if not c.is_relevant]
 
 
+@dataclass(frozen=True)
+class TrainExample:
+    """One training query: its judged positives and the negatives to sample groups from."""
+
+    query_id: str
+    query: str
+    answers: tuple[str, ...]
+    positives: tuple[Document, ...]
+    negatives: tuple[Document, ...]
+
+
 @dataclass
 class RetrievalCorpus:
     """A BEIR-layout data set: corpus, queries and per-split relevance judgements."""
@@ -53,6 +75,11 @@ class RetrievalCorpus:
     queries: dict[str, Query]
     qrels: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)  # split -> qid -> docid -> rel
     name: str = ""
+    qrels_sources: dict[str, str] = field(default_factory=dict)  # split -> the qrels file (or hub table) read
+
+    def gold_ids(self, split: str, query_id: str) -> set[str]:
+        """The documents judged relevant (score > 0) for one query of ``split``."""
+        return {doc_id for doc_id, rel in self.qrels[split].get(query_id, {}).items() if rel > 0}
 
     def split_queries(self, split: str) -> list[Query]:
         """The queries judged in ``split``, in a stable order."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 import random
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -17,20 +16,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datamodules.batch import Collator, RetrievalBatch, module_preparer, padded_codes
 from datamodules.beir import load_beir_folder, load_beir_from_hub
-from datamodules.errors import DataFormatError
-from datamodules.mining import bm25_top_k
+from datamodules.hub_export import cached_export
+from datamodules.missing import check_policy
 from datamodules.paths import resolve_data_path
-from datamodules.qa_candidates import load_qa_candidates
-from datamodules.records import Document, RetrievalCorpus
-
-
-@dataclass(frozen=True)
-class TrainExample:
-    query_id: str
-    query: str
-    answers: tuple[str, ...]
-    positives: tuple[Document, ...]
-    negatives: tuple[Document, ...]
+from datamodules.records import RetrievalCorpus, TrainExample
+from datamodules.train_examples import NEGATIVE_SOURCES, ExampleSettings, build_train_examples
 
 
 class EpochAwareSampler(Sampler):
@@ -112,18 +102,24 @@ class RetrievalDataModule(L.LightningDataModule):
     Args:
         path: a local BEIR folder or an alias (``hotpotqa``: the vendored sample; ``tiny_hotpotqa``: the
             in-repo fixture). Ignored when ``hub_name`` is set.
-        hub_name: a hub data set (e.g. ``BeIR/scifact``) loaded with ``datasets.load_dataset``.
+        hub_name: a BEIR-layout hub data set (e.g. ``mteb/scifact``) loaded with ``datasets.load_dataset``.
+        hub_sources: hub QA sets (``msmarco``, ``nq``, ``hotpotqa``, or ``{name, max_train_queries,
+            max_dev_queries}``) written once as a cached local folder (:mod:`datamodules.hub_export`),
+            then read like ``path``.
         negatives: ``candidates`` (the QA file's non-supporting paragraphs; they come with the gold ones),
             ``bm25`` (mined from the corpus, label-free), or ``random`` (random corpus documents).
         group_size: documents per query in a batch (positives first, then negatives).
         positives_per_query: how many of a query's positives each group holds (multi-positive losses).
-        tiny: use the tiny fixture instead of ``path`` (set by ``debug=tiny``).
+        tiny: use the tiny fixture (its ``train`` / ``dev`` splits) instead of the data (set by ``debug=tiny``).
+        on_missing: a training question without a relevant document or (QA file) without an answer:
+            ``error`` (default: the message names file and line) or ``skip`` (left out, counted in a notice).
     """
 
     def __init__(
         self,
         path: str = "hotpotqa",
         hub_name: str | None = None,
+        hub_sources: list[str | dict[str, Any]] | None = None,
         qa_file: str | None = "qa_candidates.jsonl",
         train_split: str = "train",
         eval_split: str = "dev",
@@ -136,18 +132,23 @@ class RetrievalDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 42,
         tiny: bool = False,
+        on_missing: str = "error",
         collate: Callable[[list[dict[str, Any]], dict[str, int]], RetrievalBatch] | None = None,
     ):
         super().__init__()
-        if negatives not in ("candidates", "bm25", "random"):
+        if negatives not in NEGATIVE_SOURCES:
             raise ValueError(f"data.negatives must be one of candidates, bm25, random; got '{negatives}'")
         if group_size < 1:
             raise ValueError(f"data.group_size must be >= 1, got {group_size}")
         self.path = "tiny_hotpotqa" if tiny else path
         self.hub_name = None if tiny else hub_name
+        self.hub_sources = None if tiny else hub_sources
         self.qa_file, self.train_split, self.eval_split = qa_file, train_split, eval_split
+        if tiny:  # the fixture replaces the data, its splits come along (a hub set's "test" is not there)
+            self.train_split, self.eval_split = "train", "dev"
         self.negatives, self.group_size, self.batch_size = negatives, group_size, batch_size
         self.positives_per_query = positives_per_query
+        self.on_missing = check_policy(on_missing)
         self.max_train_queries, self.max_eval_queries = max_train_queries, max_eval_queries
         self.num_workers, self.seed = num_workers, seed
         self.collate = collate or collate_groups
@@ -161,6 +162,8 @@ class RetrievalDataModule(L.LightningDataModule):
     def load_corpus(self) -> RetrievalCorpus:
         if self.corpus is None:
             splits = sorted({self.train_split, self.eval_split})
+            if self.hub_sources:
+                self.path = str(cached_export(list(self.hub_sources), self.on_missing))
             if self.hub_name:
                 self.corpus = load_beir_from_hub(self.hub_name, splits)
             else:
@@ -174,67 +177,16 @@ class RetrievalDataModule(L.LightningDataModule):
             self.train_examples = self._build_train_examples(corpus)
 
     def _build_train_examples(self, corpus: RetrievalCorpus) -> list[TrainExample]:
-        qrels = corpus.qrels[self.train_split]
-        query_ids = sorted(qrels)
-        if self.max_train_queries is not None:
-            query_ids = query_ids[: self.max_train_queries]
-        folder = resolve_data_path(self.path)
-        candidates: dict[str, list] = {}
-        if self.negatives == "candidates":
-            if self.hub_name or not self.qa_file or not (folder / self.qa_file).exists():
-                raise DataFormatError(
-                    folder / str(self.qa_file),
-                    "negatives=candidates needs a QA candidates file; use negatives=bm25 for plain BEIR data",
-                )
-            candidates = {
-                ex.query.query_id: ex.negatives
-                for ex in load_qa_candidates(folder / self.qa_file, set(query_ids))
-            }
-        elif self.negatives == "bm25":
-            documents = list(corpus.corpus.values())
-            top = bm25_top_k(
-                [corpus.queries[q].text for q in query_ids], documents, k=max(4 * self.group_size, 20)
-            )
-            candidates = {
-                q: [documents[i] for i in row if documents[i].doc_id not in qrels[q]]
-                for q, row in zip(query_ids, top)
-            }
-        examples = []
-        documents = list(corpus.corpus.values())
-        for qid in query_ids:
-            query = corpus.queries[qid]
-            positives = tuple(corpus.corpus[d] for d, rel in qrels[qid].items() if rel > 0)
-            if not positives:
-                continue
-            if self.negatives == "random":
-                rng = random.Random(f"{self.seed}-{qid}")
-                negatives = tuple(
-                    d
-                    for d in rng.sample(documents, min(len(documents), 4 * self.group_size))
-                    if d.doc_id not in qrels[qid]
-                )
-            else:
-                negatives = tuple(candidates.get(qid, ()))
-            if len(negatives) < self.group_size - 1:  # e.g. a HotpotQA question whose candidates are all gold
-                negatives += self._random_negatives(
-                    documents, qrels[qid], self.group_size - 1 - len(negatives), qid
-                )
-            examples.append(TrainExample(qid, query.text, query.answers, positives, negatives))
-        if not examples:
-            raise DataFormatError(folder, f"split '{self.train_split}' has no query with a relevant document")
-        return examples
-
-    def _random_negatives(
-        self, documents: list[Document], relevant: dict[str, int], count: int, qid: str
-    ) -> tuple[Document, ...]:
-        """Top-up negatives: random corpus documents not judged relevant, seeded by the query id."""
-        rng = random.Random(f"{self.seed}-topup-{qid}")
-        picked: list[Document] = []
-        while len(picked) < count and len(picked) < len(documents) - len(relevant):
-            doc = rng.choice(documents)
-            if doc.doc_id not in relevant and doc not in picked:
-                picked.append(doc)
-        return tuple(picked)
+        settings = ExampleSettings(
+            split=self.train_split,
+            negatives=self.negatives,
+            group_size=self.group_size,
+            seed=self.seed,
+            on_missing=self.on_missing,
+            max_queries=self.max_train_queries,
+        )
+        qa_path = None if self.hub_name or not self.qa_file else resolve_data_path(self.path) / self.qa_file
+        return build_train_examples(corpus, settings, qa_path)
 
     # ---- loaders ----------------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:

@@ -6,6 +6,8 @@ Training batches are query-only :class:`~datamodules.batch.RetrievalBatch` es; e
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -15,12 +17,59 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.batch import Collator, RetrievalBatch, module_preparer
 from datamodules.errors import DataFormatError
+from datamodules.hub import HubTable, iter_rows
 from datamodules.jsonl import read_jsonl, require_field
 from datamodules.records import Query
 from datamodules.retrieval import EpochAwareSampler, RetrievalDataModule
+from retrieval.cache import build_dir_atomically, cache_root
 
 QUERY_SETS = {"nq_open": Path(__file__).resolve().parent / "data" / "nq_open" / "queries.jsonl"}
 TRAIN_SPLIT_QUERIES = "train_split"
+# Tulu-3 SFT prompts, as the LLM2Vec-Gen reference builds its training questions (McGill-NLP/llm2vec-gen
+# scripts/upload_responses_to_hf.py): the first message of every two-message conversation.
+HUB_QUERY_SETS = {"tulu": HubTable("vaibhavad/tulu-3-sft-mixture", split="train")}
+
+
+def single_turn_question(row: dict[str, Any]) -> str | None:
+    """The user message of a two-message (user, assistant) conversation; None for any other row."""
+    messages = row.get("messages") or []
+    if len(messages) != 2 or messages[0].get("role") != "user" or messages[1].get("role") != "assistant":
+        return None
+    text = (messages[0].get("content") or "").strip()
+    return text or None
+
+
+def write_hub_queries(name: str, folder: Path, max_queries: int | None, seed: int) -> None:
+    """``folder/queries.jsonl`` from a hub prompt set, streamed; with ``max_queries``, a seeded uniform
+    sample of the qualifying rows (reservoir sampling, so the whole table is seen once, in order)."""
+    rng = random.Random(f"{seed}-{name}")
+    kept: list[tuple[str, str]] = []
+    seen = 0
+    for index, row in enumerate(iter_rows(HUB_QUERY_SETS[name], streaming=True)):
+        text = single_turn_question(row)
+        if text is None:
+            continue
+        item = (str(row.get("id") or f"{name}-{index}"), text)
+        seen += 1
+        if max_queries is None or len(kept) < max_queries:
+            kept.append(item)
+        elif (slot := rng.randrange(seen)) < max_queries:
+            kept[slot] = item
+    with (folder / "queries.jsonl").open("w", encoding="utf-8") as handle:
+        for query_id, text in kept:
+            handle.write(json.dumps({"_id": query_id, "text": text}, ensure_ascii=False) + "\n")
+
+
+def cached_hub_queries(name: str, max_queries: int | None, seed: int) -> Path:
+    """The queries file of a hub prompt set (built once into the cache, atomically)."""
+    table = HUB_QUERY_SETS[name]
+    key = hashlib.sha256(json.dumps([name, table.path, table.split, max_queries, seed]).encode()).hexdigest()[
+        :20
+    ]
+    folder = build_dir_atomically(
+        cache_root() / "hub_queries" / key, lambda tmp: write_hub_queries(name, tmp, max_queries, seed)
+    )
+    return folder / "queries.jsonl"
 
 
 def load_unlabeled_queries(path: str | Path) -> list[Query]:
@@ -75,7 +124,9 @@ class UnlabeledQueryDataModule(RetrievalDataModule):
     """Unlabeled queries for training; the corpus and eval split of ``path`` for evaluation.
 
     Args:
-        queries: ``nq_open`` (the vendored 1,000-question NQ-open sample), a JSONL file of
+        queries: ``nq_open`` (the vendored 1,000-question NQ-open sample), ``tulu`` (Tulu-3 SFT prompts
+            from the hub, ``vaibhavad/tulu-3-sft-mixture``: single-turn user messages, as the reference;
+            ``max_train_queries`` of them sampled once and cached), a JSONL file of
             ``{"_id", "text"}``, or ``train_split``: the question texts of ``path``'s train split (no
             labels are read). ``tiny`` (debug=tiny) forces ``train_split`` of the tiny fixture, whose
             words the tiny models' tokenizer knows.
@@ -95,6 +146,9 @@ class UnlabeledQueryDataModule(RetrievalDataModule):
         if stage in (None, "fit") and not self.train_queries:
             if self.queries_source == TRAIN_SPLIT_QUERIES:
                 queries = [Query(q.query_id, q.text) for q in corpus.split_queries(self.train_split)]
+            elif self.queries_source in HUB_QUERY_SETS:
+                path = cached_hub_queries(self.queries_source, self.max_unlabeled, self.seed)
+                queries = load_unlabeled_queries(path)
             else:
                 queries = load_unlabeled_queries(
                     QUERY_SETS.get(self.queries_source, Path(self.queries_source).expanduser())

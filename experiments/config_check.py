@@ -107,6 +107,9 @@ def unknown_key_message(section: str, key: str, valid: list[str]) -> str:
 # ---- checking a composed config ---------------------------------------------------------------------------
 def check_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for the first problem found (unknown keys, missing values, bad combinations)."""
+    from experiments.stage_runner import check_stages
+
+    check_stages(cfg)  # before anything resolves a ${stage:...} reference
     check_required_values(cfg)
     check_root_keys(cfg)
     for group in ("model", "data", "trainer"):
@@ -115,6 +118,7 @@ def check_config(cfg: DictConfig) -> None:
     for name, spec in (cfg.get("callbacks") or {}).items():
         if spec is not None:
             check_target_section(f"callbacks.{name}", spec)
+    check_module_lm_users(cfg)
     check_logger(cfg.get("logger") or {})
     if cfg.get("model") is not None:
         check_method_sections(cfg.model)
@@ -186,10 +190,39 @@ def check_keys(section: str, given: list[str], valid: set[str] | None) -> None:
 
 
 def check_target_section(section: str, node: Any) -> None:
+    """Unknown keys of a ``_target_`` section; values too when the target has a ``check_arguments`` hook."""
     if not isinstance(node, DictConfig) or "_target_" not in node:
         return
     target = resolve_target(str(node._target_))
     check_keys(section, [str(k) for k in node.keys()], accepted_keys(target))
+    check_arguments = getattr(target, "check_arguments", None)
+    if callable(check_arguments):
+        values = OmegaConf.to_container(node, resolve=True)
+        try:
+            check_arguments(**{k: v for k, v in values.items() if k not in HYDRA_KEYS})
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{section}: {err}") from None
+
+
+def check_module_lm_users(cfg: DictConfig) -> None:
+    """A callback told to read with the module's frozen LM (``use_module_lm: true``) needs one, unsharded."""
+    model = cfg.get("model")
+    has_lm = isinstance(model, DictConfig) and model.get("frozen_lm") is not None
+    strategy = (cfg.get("trainer") or {}).get("strategy")
+    target = strategy.get("_target_", "") if isinstance(strategy, DictConfig) else strategy
+    for name, spec in (cfg.get("callbacks") or {}).items():
+        if not (isinstance(spec, DictConfig) and spec.get("use_module_lm")):
+            continue
+        if not has_lm:
+            raise ConfigError(
+                f"callbacks.{name}.use_module_lm=true, but model.frozen_lm is null (this method has no frozen "
+                f"LM): set callbacks.{name}.use_module_lm=false to read with callbacks.{name}.lm"
+            )
+        if "fsdp" in str(target).lower():
+            raise ConfigError(
+                f"callbacks.{name}.use_module_lm=true cannot read with the FSDP-sharded frozen LM "
+                f"(trainer.strategy={target}): set callbacks.{name}.use_module_lm=false"
+            )
 
 
 def check_logger(logger: Any) -> None:
@@ -231,10 +264,11 @@ def check_data_source(data: Any) -> None:
         and "path" in data
         and data.get("path") is None
         and not data.get("hub_name")
+        and not data.get("hub_sources")
     ):
         raise ConfigError(
             "data.path is not set: point it at a BEIR folder (corpus.jsonl, queries.jsonl, "
-            "qrels/<split>.tsv), e.g. data.path=/data/scifact, or set data.hub_name"
+            "qrels/<split>.tsv), e.g. data.path=/data/scifact, or set data.hub_name / data.hub_sources"
         )
 
 
@@ -285,7 +319,18 @@ def model_references(node: Any, prefix: str = "") -> Iterator[tuple[str, str, An
 
 
 def check_model_files(cfg: DictConfig, offline: bool = True) -> None:
-    for key, name, parent in model_references(cfg.get("model"), "model."):
+    """Every ``name_or_path`` of the model and of the callbacks (e.g. ``callbacks.rag.lm``), and every
+    stage's base model; a stage's output is skipped (it is built before the model loads)."""
+    from experiments.stage_runner import is_planned_output, stage_model_references
+
+    references = [
+        *model_references(cfg.get("model"), "model."),
+        *model_references(cfg.get("callbacks"), "callbacks."),
+        *stage_model_references(cfg),
+    ]
+    for key, name, parent in references:
+        if is_planned_output(name):
+            continue
         problem = model_problem(name, gguf_file=parent.get("gguf_file"), offline=offline)
         if problem:
             raise ConfigError(f"{key}='{name}': {problem}")

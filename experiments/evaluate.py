@@ -6,7 +6,8 @@
 - a Lightning checkpoint (``.ckpt``; the module class comes from the run's ``config.yaml``, else from
   composing ``--exp``),
 - a baseline model name or folder (``all-minilm-l6-v2``, ``smollm2-135m-instruct``, a hub name, a HF or
-  sentence-transformers folder), embedded with ``--pooling`` / ``--max-length``.
+  sentence-transformers folder), embedded with ``--pooling`` / ``--max-length`` / ``--attention``; a
+  pipeline stage's output (e.g. LLM2Vec-Gen's built teacher) is read with the attention it was built for.
 
 Tasks are specs of :mod:`datamodules.mteb_tasks` (``hotpotqa@dev``, ``/tmp/scifact@test``, ``NanoBEIR``).
 Writes ``mteb_results.json`` and ``mteb_results.md`` into ``--output`` (default: ``<run>/mteb_eval`` for
@@ -106,6 +107,16 @@ def load_export(folder: Path) -> Any:
     )
 
 
+def stage_attention(folder: Path) -> str:
+    """The attention a pipeline stage's output was trained with (its marker file), else ``causal``."""
+    from lightning_modules.models.registry import STAGE_MARKER
+
+    marker = folder / STAGE_MARKER
+    if not marker.is_file():
+        return "causal"
+    return json.loads(marker.read_text()).get("metrics", {}).get("attention", "causal")
+
+
 def sentence_transformers_pooling(folder: Path) -> tuple[str | None, bool]:
     """(pooling, normalize) declared by a sentence-transformers folder, or (None, True) if it isn't one."""
     modules_file = folder / "modules.json"
@@ -158,6 +169,7 @@ def load_model(spec: str, args: argparse.Namespace) -> tuple[Any, str, str, Path
         spec,
         pooling=args.pooling or pooling or "mean",
         normalize=normalize,
+        attention=args.attention or stage_attention(path),
         max_length=args.max_length,
         query_instruction=args.query_instruction,
         document_instruction=args.document_instruction,
@@ -252,6 +264,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--pooling", default=None, choices=["cls", "mean", "last"], help="baseline models: pooling"
     )
     parser.add_argument("--max-length", type=int, default=256, help="baseline models: max tokens")
+    parser.add_argument(
+        "--attention",
+        default=None,
+        choices=["causal", "bidirectional"],
+        help="baseline models: attention (default: a stage output's own, else causal)",
+    )
     parser.add_argument("--query-instruction", default="", help="baseline models: query prefix")
     parser.add_argument("--document-instruction", default="", help="baseline models: document prefix")
     parser.add_argument("--threads", type=int, default=None)

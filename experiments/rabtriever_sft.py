@@ -1,11 +1,11 @@
-"""Optional first stage: LoRA fine-tuning of the teacher as a reranker on relevance labels.
+"""The teacher's SFT on its own: LoRA fine-tuning of the LM as a reranker on relevance labels.
 
-A small LM answers a yes/no or A/B relevance prompt barely better than chance; Rabtriever's teacher may
-first be fine-tuned on (query, document, relevant?) pairs. This stage uses relevance labels: report it as
-label use. The LoRA weights are merged and the LM is saved as a plain HF folder, which then serves as
-``model.frozen_lm.name_or_path`` (teacher and student LM) of a Rabtriever run::
+``make train EXP=rabtriever_tiny`` already runs this as its first, cached stage (``reranker_sft``,
+docs/stages.md); this command writes one such teacher anywhere, e.g. to compare settings by hand. It uses
+relevance labels: report it as label use. The LoRA weights are merged and the LM is saved as a plain HF
+folder, usable as ``model.frozen_lm.name_or_path`` (teacher and student LM) of a Rabtriever run::
 
-    python -m experiments.rabtriever_sft --out runs/rabtriever_sft_teacher --steps 200
+    python -m experiments.rabtriever_sft --out runs/rabtriever_sft_teacher --steps 200 --loss listwise
     python -m experiments.train exp=rabtriever_tiny model.frozen_lm.name_or_path=runs/rabtriever_sft_teacher
 """
 
@@ -33,13 +33,14 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--max-document-tokens", type=int, default=128)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--loss", choices=["pointwise", "listwise"], default="pointwise")
     args = parser.parse_args(argv)
     L.seed_everything(args.seed)
     data = RetrievalDataModule(
         path=args.data, batch_size=args.batch_size, group_size=args.group_size, seed=args.seed
     )
     prompt = {**_model_config_prompt(), "max_document_tokens": args.max_document_tokens}
-    module = RerankerSFTModule(args.model, prompt=prompt, lr=args.lr)
+    module = RerankerSFTModule(args.model, prompt=prompt, lr=args.lr, loss=args.loss)
     trainer = L.Trainer(
         max_steps=args.steps,
         accelerator="auto",

@@ -1,8 +1,10 @@
 """Deterministic run directories: ``<root>/<experiment>/<hash of overrides>/<SLURM job id or "local">``.
 
 Never a timestamp: every DDP rank and every SLURM requeue computes the same directory, while runs with
-different overrides never share one. A run directory remembers its resolved config; resuming into it
-with a different config is refused with the list of differing keys.
+different overrides never share one. ``resume=<run dir>`` names an earlier run's directory instead, so a
+new job (a manual resubmission after a failed requeue, a node failure or ``scancel``) continues that run.
+A run directory remembers its resolved config, stored exactly once even when every rank of a job starts
+at the same moment; resuming into it with a different config is refused with the list of differing keys.
 """
 
 from __future__ import annotations
@@ -10,12 +12,16 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import socket
+import uuid
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 IGNORED_OVERRIDE_PREFIXES = ("exp=", "hydra.", "output_root=")
+# keys that say where and how a run starts, not what it computes: never compared with the stored config
+START_ONLY_KEYS = ("resume", "output_root")
 
 
 class ConfigMismatchError(RuntimeError):
@@ -77,7 +83,32 @@ def job_id() -> str:
     return os.environ.get("SLURM_JOB_ID", "local")
 
 
+def resume_override(overrides: list[str]) -> str | None:
+    """The run directory named by a ``resume=<run dir>`` override; None for ``resume=true|false`` or none."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    ours = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] == "resume"]
+    values = [o.value() for o in OverridesParser.create().parse_overrides(ours) if not o.is_delete()]
+    return values[-1] if values and isinstance(values[-1], str) else None
+
+
+def resumed_run_directory(value: str) -> Path:
+    """The earlier run's directory named by ``resume=``; it must hold that run's ``config.yaml``."""
+    from experiments.config_check import ConfigError
+
+    path = Path(value).expanduser()
+    if not (path / "config.yaml").is_file():
+        raise ConfigError(
+            f"resume={value}: {path} is not a run directory (no config.yaml in it); name the folder that "
+            "holds the earlier run's config.yaml and checkpoints, e.g. runs/<exp>/<hash>/<job id>"
+        )
+    return path
+
+
 def run_directory(output_root: str | Path, experiment: str, overrides: list[str]) -> Path:
+    resumed = resume_override(overrides)
+    if resumed is not None:
+        return resumed_run_directory(resumed)
     return Path(output_root) / experiment / overrides_hash(overrides) / job_id()
 
 
@@ -106,24 +137,43 @@ def config_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[
     return [
         f"{k}: stored {a.get(k, '<absent>')!r}, now {b.get(k, '<absent>')!r}"
         for k in sorted(a.keys() | b.keys())
-        if a.get(k, "<absent>") != b.get(k, "<absent>")
+        if a.get(k, "<absent>") != b.get(k, "<absent>") and k not in START_ONLY_KEYS
     ]
+
+
+def store_config_once(path: Path, config: dict[str, Any]) -> bool:
+    """Write ``config.yaml`` unless it exists; True when this process stored it.
+
+    Every process writes a temporary file of its own and hard-links it into place: the link is atomic and
+    fails when the file exists, so ranks starting together never see a partial file and exactly one
+    stores it (the others compare theirs). Without hard links, an atomic rename of the process's own file.
+    """
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(yaml.safe_dump(config, sort_keys=True))
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # a file system without hard links
+        os.replace(tmp, path)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def check_or_store_config(run_dir: Path, config: dict[str, Any]) -> None:
     """Write ``config.yaml`` on first use; afterwards refuse a different config."""
     path = run_dir / "config.yaml"
-    if path.exists():
-        stored = yaml.safe_load(path.read_text()) or {}
-        differences = config_differences(stored, config)
-        if differences:
-            listing = "\n  ".join(differences[:20])
-            raise ConfigMismatchError(
-                f"run directory {run_dir} already holds a run with a different config; refusing to resume into it.\n"
-                f"Differences:\n  {listing}\nUse a new output_root, delete the directory, or restore the config."
-            )
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(yaml.safe_dump(config, sort_keys=True))
-    os.replace(tmp, path)
+    if not path.exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if store_config_once(path, config):
+            return
+    stored = yaml.safe_load(path.read_text()) or {}
+    differences = config_differences(stored, config)
+    if differences:
+        listing = "\n  ".join(differences[:20])
+        raise ConfigMismatchError(
+            f"run directory {run_dir} already holds a run with a different config; refusing to resume into it.\n"
+            f"Differences:\n  {listing}\nUse a new output_root, delete the directory, or restore the config."
+        )

@@ -11,6 +11,7 @@ hence its run directory (``experiments/run_dir.py``) and W&B run id, and resumes
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import shutil
 import subprocess
@@ -24,6 +25,7 @@ REPO_ROOT = CONFIG_DIR.parent
 TEMPLATE_DIR = REPO_ROOT / "slurm"
 GENERATED_DIR = TEMPLATE_DIR / "generated"
 MULTI_GPU_TRAINERS = ("ddp", "fsdp")
+CPU_SUFFIX = "_cpu"  # trainer=ddp_cpu (and any other *_cpu config): CPU processes over gloo, no GPU request
 
 
 class SbatchTemplate(Template):
@@ -40,6 +42,23 @@ def check_positive(name: str, value: int) -> int:
     return value
 
 
+def cpu_trainers() -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / "trainer").glob(f"*{CPU_SUFFIX}.yaml"))
+
+
+def check_trainer(trainer: str) -> str:
+    allowed = [*MULTI_GPU_TRAINERS, *cpu_trainers()]
+    if trainer not in allowed:
+        raise ValueError(f"trainer must be one of {', '.join(allowed)} for a SLURM job, got '{trainer}'")
+    return trainer
+
+
+def trainer_overrides(trainer: str, nodes: int, tasks_per_node: int) -> list[str]:
+    """``trainer=<name>`` plus the job's shape. The CPU trainer configs have no ``num_nodes`` key (``++`` adds it)."""
+    nodes_key = "++trainer.num_nodes" if check_trainer(trainer).endswith(CPU_SUFFIX) else "trainer.num_nodes"
+    return [f"trainer={trainer}", f"{nodes_key}={nodes}", f"trainer.devices={tasks_per_node}"]
+
+
 def training_overrides(
     experiment: str, nodes: int, gpus: int, trainer: str, logger: str | None, extra: list[str]
 ) -> list[str]:
@@ -49,16 +68,7 @@ def training_overrides(
             f"unknown experiment '{experiment}': no file experiments/exp/{experiment}.yaml "
             f"(available: {', '.join(experiment_names())})"
         )
-    if trainer not in MULTI_GPU_TRAINERS:
-        raise ValueError(
-            f"trainer must be one of {', '.join(MULTI_GPU_TRAINERS)} for a SLURM job, got '{trainer}'"
-        )
-    overrides = [
-        f"exp={experiment}",
-        f"trainer={trainer}",
-        f"trainer.num_nodes={nodes}",
-        f"trainer.devices={gpus}",
-    ]
+    overrides = [f"exp={experiment}", *trainer_overrides(trainer, nodes, gpus)]
     if logger:
         overrides.append(f"logger={logger}")
     return overrides + list(extra)
@@ -73,6 +83,8 @@ def common_fields(args: argparse.Namespace, job_name: str) -> dict[str, str]:
         "job_name": job_name,
         "nodes": str(check_positive("NODES", args.nodes)),
         "gpus": str(check_positive("GPUS", args.gpus)),
+        # one task per GPU; a CPU trainer's tasks are CPU processes and ask SLURM for no GPU
+        "gpu_directive": "" if args.trainer.endswith(CPU_SUFFIX) else f"#SBATCH --gpus-per-node={args.gpus}",
         "cpus_per_task": str(check_positive("--cpus-per-task", args.cpus_per_task)),
         "mem": args.mem,
         "time": args.time,
@@ -84,9 +96,17 @@ def common_fields(args: argparse.Namespace, job_name: str) -> dict[str, str]:
     }
 
 
+STANDALONE_FIELD = re.compile(r"@@\{(\w+)\}")
+
+
 def render(template: str, fields: dict[str, str]) -> str:
-    text = (TEMPLATE_DIR / template).read_text()
-    return SbatchTemplate(text).substitute(fields).replace("\n\nset -euo", "\nset -euo")
+    """Substitute ``@@{field}``; a line holding only a field that renders empty is dropped."""
+    kept = []
+    for line in (TEMPLATE_DIR / template).read_text().splitlines(keepends=True):
+        alone = STANDALONE_FIELD.fullmatch(line.strip())
+        if not (alone and fields[alone.group(1)] == ""):
+            kept.append(line)
+    return SbatchTemplate("".join(kept)).substitute(fields)
 
 
 def render_training(args: argparse.Namespace) -> str:
@@ -103,12 +123,7 @@ def render_agent(args: argparse.Namespace) -> str:
     if not args.sweep_id:
         raise ValueError("SWEEP_ID is required: the id printed by `make sweep` (entity/project/id or id)")
     fields = common_fields(args, "lsr-sweep-agent")
-    overrides = [
-        f"trainer={args.trainer}",
-        f"trainer.num_nodes={args.nodes}",
-        f"trainer.devices={args.gpus}",
-        *args.overrides,
-    ]
+    overrides = [*trainer_overrides(args.trainer, args.nodes, args.gpus), *args.overrides]
     fields.update(
         sweep_id=shlex.quote(args.sweep_id),
         count=str(check_positive("COUNT", args.count)),
@@ -148,8 +163,10 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("sweep_id", nargs="?", default="", help="the sweep id printed by `make sweep`")
             p.add_argument("--count", type=int, default=1, help="trials this agent runs")
         p.add_argument("--nodes", type=int, default=1)
-        p.add_argument("--gpus", type=int, default=8, help="GPUs per node (= tasks per node)")
-        p.add_argument("--trainer", default="ddp", help="ddp or fsdp")
+        p.add_argument(
+            "--gpus", type=int, default=8, help="GPUs per node (= tasks per node; CPU processes with ddp_cpu)"
+        )
+        p.add_argument("--trainer", default="ddp", help="ddp or fsdp; ddp_cpu for CPU-only nodes")
         p.add_argument("--time", default="24:00:00")
         p.add_argument("--cpus-per-task", type=int, default=8)
         p.add_argument("--mem", default="0", help="memory per node (0: all of it)")

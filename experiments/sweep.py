@@ -10,8 +10,9 @@
 
 The parameters reach every DDP rank as command-line overrides (Lightning relaunches that same command
 line for the other ranks; ``srun`` starts every rank with it), never through ``wandb.config``, so all
-ranks compose the same config. The trial's W&B run is the agent's (``WANDB_RUN_ID``, see
-``experiments/loggers.py``), and the sweep metric must be a key the training logs.
+ranks compose the same config. A trial always logs to W&B (``logger=wandb`` is added to its command
+line) into the agent's run (``WANDB_RUN_ID``, see ``experiments/loggers.py``), so the sweep sees the
+metric, which must be a key the training logs (``val/ndcg@10``, ...).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ LOGGED_METRICS = {f"val/{name}@{k}" for name, cutoffs in DEFAULT_CUTOFFS.items()
     "train/loss"
 }
 REQUIRED_COMMAND_TOKENS = ("experiments.sweep", "trial", "${args_no_hyphens}")
+TRIAL_LOGGER = "wandb"  # the sweep reads a trial's metric from its W&B run
 
 
 class SweepConfigError(ValueError):
@@ -104,6 +106,10 @@ def validate_sweep(path: Path) -> dict[str, Any]:
     for key, options in values.items():
         if not options:
             raise SweepConfigError(path, f"parameter '{key}' has no value, values or min/max to check")
+    if any(value != TRIAL_LOGGER for value in values.get("logger", [])):
+        raise SweepConfigError(
+            path, f"parameter 'logger' must stay {TRIAL_LOGGER}: the sweep reads each trial's metric from W&B"
+        )
     experiments = values.get("exp", [None])
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         for key, options in values.items():
@@ -143,11 +149,14 @@ def agent(sweep_id: str, count: int | None) -> int:
 
 
 def trial_command(overrides: list[str], environ: dict[str, str] | None = None) -> list[str]:
-    """The command a trial runs: launcher + ``python -m experiments.train`` + trial and site overrides."""
+    """The command a trial runs: launcher + ``python -m experiments.train`` + ``logger=wandb`` (unless an
+    override chooses the logger) + trial and site overrides."""
     environ = os.environ if environ is None else environ
     launcher = shlex.split(environ.get("LSR_TRIAL_LAUNCHER", ""))
     site = shlex.split(environ.get("LSR_TRIAL_OVERRIDES", ""))
-    return [*launcher, sys.executable, "-m", "experiments.train", *overrides, *site]
+    chosen = any(o.lstrip("+~").split("=", 1)[0] == "logger" for o in [*overrides, *site])
+    logger = [] if chosen else [f"logger={TRIAL_LOGGER}"]
+    return [*launcher, sys.executable, "-m", "experiments.train", *logger, *overrides, *site]
 
 
 def parser() -> argparse.ArgumentParser:

@@ -40,6 +40,7 @@ from experiments.run_dir import (
     label_use_of,
     run_directory,
 )
+from experiments.stage_runner import run_stages
 from lightning_modules.base import NonFiniteLossError
 from lightning_modules.checkpoint_io import AtomicCheckpointIO, read_global_step
 from lightning_modules.models.registry import ModelNotFoundError
@@ -149,6 +150,7 @@ def run(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     check_or_store_config(run_dir, resolved)
     resume = resume_checkpoint(run_dir, cfg)
     ckpt_path, resume_step = resume if resume else (None, None)
+    stages = run_stages(cfg)  # a paper's earlier stages, built once and cached (experiments/stage_runner.py)
 
     datamodule = instantiate(cfg.data, _convert_="all")
     model = instantiate(cfg.model, _convert_="all")
@@ -207,6 +209,7 @@ def run(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
         "resumed_from": ckpt_path,
         "resumed_at_step": resume_step,
     }
+    results.update(stages.results_fields(results))
     for callback in callbacks:  # extra measurements of a method's own callbacks (e.g. Rabtriever's reranking)
         if hasattr(callback, "results_summary"):
             results.update(callback.results_summary())

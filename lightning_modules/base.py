@@ -107,6 +107,8 @@ class RetrieverModule(L.LightningModule):
             "instructions": self.embedder.instructions,
             "append_eos": self.embedder.append_eos,
             "precision": self.eval_precision,
+            # only when set, so the keys of causal embedders (and their cached scores) stay as they were
+            **({"attention": self.embedder.attention} if self.embedder.attention != "causal" else {}),
         }
 
     def export(self, path: str | Path, model_card: str | None = None) -> Path:

@@ -9,3 +9,11 @@ bench: install ## Run every benchmark (est. 15 min on 2 idle cores); writes benc
 
 bench-quick: install ## Smoke-run every benchmark at tiny sizes into /tmp/lsr-bench-quick (numbers not for quoting)
 	$(BIN)/python -m bench --quick $(BENCH_ARGS)
+
+.PHONY: bench-rag bench-rag-tiny
+
+bench-rag: install ## Cost of callbacks=rag in the lab setting (SmolLM2-135M, 100 HotpotQA dev questions, k=3, 1 thread) -> bench/results/rag_cost.json
+	$(BIN)/python -m bench.rag_cost $(ARGS)
+
+bench-rag-tiny: install ## Smoke-run the RAG cost benchmark on the tiny random LM (seconds)
+	$(BIN)/python -m bench.rag_cost --tiny --out /tmp/rag_cost_tiny.json

@@ -10,7 +10,7 @@ SLURM_FLAGS ?=
 
 .PHONY: slurm sweep sweep-check agent slurm-agent
 
-slurm: install ## Render + sbatch a training job: make slurm EXP=name NODES=2 GPUS=8 [TRAINER=ddp|fsdp] [DRY=1] [ARGS="k=v ..."]
+slurm: install ## Render + sbatch a training job: make slurm EXP=name NODES=2 GPUS=8 [TRAINER=ddp|fsdp|ddp_cpu] [DRY=1] [ARGS="k=v ... [resume=<run dir>]"]
 	$(BIN)/python -m experiments.slurm train $(EXP) --nodes $(NODES) --gpus $(GPUS) --trainer $(TRAINER) $(if $(DRY),--dry) $(SLURM_FLAGS) -- $(ARGS)
 
 sweep-check: install ## Check a W&B sweep file against the Hydra config, offline: make sweep-check SWEEP=contrastive_lr

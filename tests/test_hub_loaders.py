@@ -1,67 +1,32 @@
-"""The hub loaders, offline: ``datasets.load_dataset`` is replaced by an in-memory fake.
+"""The LLM-Embedder task loaders from the hub, offline: ``datasets.load_dataset`` is the fake of
+tests/hub_fakes.py (real-schema rows from tests/fixtures/hub_rows/; every call checked to be script-free).
 
-Each fake table follows the real public schema of its hub data set (BeIR/<name> + BeIR/<name>-qrels,
-microsoft/ms_marco v1.1, Tevatron/wikipedia-nq, svakulenk0/qrecc, ToolBench query JSON, Muennighoff/flan
-JSON lines, deepmind/pg19), and every test checks the arguments the loader passed to ``load_dataset``
-(repo, config, split, streaming), so a renamed repo or a dropped ``streaming`` fails here.
+Every test checks the arguments the loader passed to ``load_dataset`` (repo, config, data files, split,
+streaming), so a renamed repository or file, a dropped ``streaming`` or a loading-script repository fails here.
+Retrieval sets (BEIR in the mteb layout, MS MARCO / NQ / HotpotQA questions) are in test_hub_retrieval_data.py.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
+import tarfile
 from typing import Any
 
 import datasets
 import pytest
 from omegaconf import OmegaConf
 
-from datamodules.beir import load_beir_from_hub
 from datamodules.errors import DataFormatError
 from datamodules.llm_embedder_tasks.convsearch import convsearch_from_hub
 from datamodules.llm_embedder_tasks.datamodule import load_task_examples
 from datamodules.llm_embedder_tasks.icl import icl_from_hub
 from datamodules.llm_embedder_tasks.long_context import long_context_from_hub
-from datamodules.llm_embedder_tasks.qa import qa_from_hub
 from datamodules.llm_embedder_tasks.tool import tool_from_files, tool_from_hub
 from datamodules.paths import PACKAGE_DIR
-from datamodules.retrieval import RetrievalDataModule
 from experiments import CONFIG_DIR
+from tests.hub_fakes import HUB_ROWS, FakeHub, converted, hub_rows
 
-REAL_LOAD_DATASET = datasets.load_dataset
 TOOLBENCH_SAMPLE = PACKAGE_DIR / "data" / "toolbench_example"
-
-
-class FakeHub:
-    """Stands in for ``datasets.load_dataset``.
-
-    ``tables`` maps ``(path, name or data_files (a tuple for a list), split)`` to a list of rows (served as a ``Dataset``, or as an
-    ``IterableDataset`` when the caller passes ``streaming=True``) or to an exception to raise. Every call's
-    arguments are bound against the real ``load_dataset`` signature (a misspelt keyword fails) and recorded,
-    defaults left out, in ``calls``.
-    """
-
-    def __init__(self, tables: dict[tuple, Any]):
-        self.tables = tables
-        self.calls: list[dict[str, Any]] = []
-
-    def __call__(self, *args: Any, **kwargs: Any):
-        arguments = dict(inspect.signature(REAL_LOAD_DATASET).bind(*args, **kwargs).arguments)
-        assert "config_kwargs" not in arguments, (
-            f"unexpected load_dataset keywords {arguments['config_kwargs']}"
-        )
-        self.calls.append(arguments)
-        selector = arguments.get("name") or arguments.get("data_files")
-        if isinstance(selector, list):  # several data files: keyed by their tuple
-            selector = tuple(selector)
-        key = (arguments["path"], selector, arguments.get("split"))
-        if key not in self.tables:
-            raise FileNotFoundError(f"fake hub has no table {key}")
-        table = self.tables[key]
-        if isinstance(table, Exception):
-            raise table
-        dataset = datasets.Dataset.from_list(table)
-        return dataset.to_iterable_dataset() if arguments.get("streaming") else dataset
 
 
 @pytest.fixture
@@ -74,283 +39,6 @@ def fake_hub(monkeypatch):
         return hub
 
     return install
-
-
-# ---- BEIR (BeIR/<name>: configs corpus / queries; BeIR/<name>-qrels: one split per qrels file) ----------
-SCIFACT_CORPUS = [
-    {
-        "_id": "4983",
-        "title": "Microstructural development of human brain",
-        "text": "Alterations of the architecture of cerebral white matter in the developing human brain.",
-    },
-    {"_id": "5836", "title": "", "text": "Induction of myelodysplasia by myeloid-derived suppressor cells."},
-    {
-        "_id": "7912",
-        "title": "Aspirin and cancer",
-        "text": "Low-dose aspirin reduces the incidence of colorectal cancer.",
-    },
-]
-SCIFACT_QUERIES = [
-    {"_id": "1", "title": "", "text": "0-dimensional biomaterials show inductive properties."},
-    {"_id": "3", "title": "", "text": "Aspirin lowers colorectal cancer risk."},
-]
-SCIFACT_QRELS_TRAIN = [  # the hub qrels carry integer ids
-    {"query-id": 1, "corpus-id": 4983, "score": 1},
-    {"query-id": 1, "corpus-id": 5836, "score": 0},
-]
-SCIFACT_QRELS_TEST = [{"query-id": 3, "corpus-id": 7912, "score": 1}]
-
-
-def scifact_tables() -> dict[tuple, Any]:
-    return {
-        ("BeIR/scifact", "corpus", "corpus"): SCIFACT_CORPUS,
-        ("BeIR/scifact", "queries", "queries"): SCIFACT_QUERIES,
-        ("BeIR/scifact-qrels", None, "train"): SCIFACT_QRELS_TRAIN,
-        ("BeIR/scifact-qrels", None, "test"): SCIFACT_QRELS_TEST,
-    }
-
-
-def test_beir_from_hub_maps_corpus_queries_and_qrels(fake_hub):
-    hub = fake_hub(scifact_tables())
-    data = load_beir_from_hub("BeIR/scifact", ["train", "test"])
-
-    assert hub.calls == [
-        {"path": "BeIR/scifact", "name": "corpus", "split": "corpus", "revision": None},
-        {"path": "BeIR/scifact", "name": "queries", "split": "queries", "revision": None},
-        {"path": "BeIR/scifact-qrels", "name": None, "split": "train", "revision": None},
-        {"path": "BeIR/scifact-qrels", "name": None, "split": "test", "revision": None},
-    ]
-    assert data.name == "scifact"
-    assert list(data.corpus) == ["4983", "5836", "7912"]
-    assert data.corpus["4983"].title == "Microstructural development of human brain"
-    assert data.corpus["4983"].as_text() == (
-        "Microstructural development of human brain: "
-        "Alterations of the architecture of cerebral white matter in the developing human brain."
-    )
-    assert data.corpus["5836"].as_text() == "Induction of myelodysplasia by myeloid-derived suppressor cells."
-    assert {q: data.queries[q].text for q in data.queries} == {
-        "1": "0-dimensional biomaterials show inductive properties.",
-        "3": "Aspirin lowers colorectal cancer risk.",
-    }
-    assert data.queries["1"].answers == ()
-    assert data.qrels == {"train": {"1": {"4983": 1, "5836": 0}}, "test": {"3": {"7912": 1}}}
-    assert [q.query_id for q in data.split_queries("test")] == ["3"]
-
-
-def test_beir_from_hub_passes_the_revision_on(fake_hub):
-    hub = fake_hub(scifact_tables())
-    load_beir_from_hub("BeIR/scifact", ["test"], revision="abc123", qrels_revision="def456")
-    assert [call["revision"] for call in hub.calls] == ["abc123", "abc123", "def456"]
-    assert [call["split"] for call in hub.calls] == ["corpus", "queries", "test"]
-
-
-def test_beir_from_hub_unreachable_says_how_to_use_a_local_folder(fake_hub, monkeypatch):
-    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    cause = ConnectionError("Couldn't reach 'BeIR/scifact' on the Hub (LocalEntryNotFoundError)")
-    fake_hub({("BeIR/scifact", "corpus", "corpus"): cause})
-    with pytest.raises(DataFormatError) as info:
-        load_beir_from_hub("BeIR/scifact", ["test"])
-    message = str(info.value)
-    assert message.startswith(
-        "BeIR/scifact: could not load 'BeIR/scifact' (corpus, split corpus) from the hub"
-    )
-    assert "ConnectionError: Couldn't reach 'BeIR/scifact' on the Hub" in message
-    assert "point data.path at it" in message
-    assert "corpus.jsonl, queries.jsonl, qrels/<split>.tsv" in message
-    assert info.value.__cause__ is cause
-
-
-def test_beir_from_hub_offline_mode_and_a_missing_qrels_split_name_that_repo(fake_hub, monkeypatch):
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    tables = scifact_tables()
-    tables[("BeIR/scifact-qrels", None, "dev")] = ValueError(
-        'Unknown split "dev". Should be one of [train, test].'
-    )
-    fake_hub(tables)
-    with pytest.raises(DataFormatError) as info:
-        load_beir_from_hub("BeIR/scifact", ["dev"])
-    message = str(info.value)
-    assert message.startswith(
-        "BeIR/scifact-qrels: could not load 'BeIR/scifact-qrels' (default, split dev) from the hub "
-        "(offline mode is set)."
-    )
-    assert "point data.path at it" in message
-
-
-def test_beir_from_hub_empty_corpus_is_an_error(fake_hub):
-    tables = scifact_tables()
-    tables[("BeIR/scifact", "corpus", "corpus")] = []
-    fake_hub(tables)
-    with pytest.raises(DataFormatError, match="BeIR/scifact: corpus is empty"):
-        load_beir_from_hub("BeIR/scifact", ["test"])
-
-
-# ---- RetrievalDataModule(hub_name=...) (datamodules/retrieval.py) ----------------------------------------
-def test_retrieval_datamodule_hub_name_loads_both_splits_and_mines_bm25_negatives(fake_hub):
-    hub = fake_hub(scifact_tables())
-    dm = RetrievalDataModule(
-        hub_name="BeIR/scifact", qa_file=None, negatives="bm25", group_size=2, eval_split="test"
-    )
-    dm.setup("fit")
-
-    assert [(c["path"], c.get("name"), c["split"]) for c in hub.calls] == [
-        ("BeIR/scifact", "corpus", "corpus"),
-        ("BeIR/scifact", "queries", "queries"),
-        ("BeIR/scifact-qrels", None, "test"),  # splits are loaded sorted
-        ("BeIR/scifact-qrels", None, "train"),
-    ]
-    assert dm.doc_index == {"4983": 0, "5836": 1, "7912": 2}
-    (example,) = dm.train_examples  # train query 1: positive 4983; 5836 is judged (score 0), never a negative
-    assert example.query_id == "1"
-    assert example.query == "0-dimensional biomaterials show inductive properties."
-    assert [d.doc_id for d in example.positives] == ["4983"]
-    assert [d.doc_id for d in example.negatives] == ["7912"]
-    assert [(q.query_id, q.text) for q in dm.eval_queries()] == [
-        ("3", "Aspirin lowers colorectal cancer risk.")
-    ]
-
-
-def test_retrieval_datamodule_hub_name_rejects_candidate_negatives(fake_hub):
-    fake_hub(scifact_tables())
-    dm = RetrievalDataModule(hub_name="BeIR/scifact", negatives="candidates", eval_split="test")
-    with pytest.raises(DataFormatError, match="use negatives=bm25 for plain BEIR data"):
-        dm.setup("fit")
-
-
-# ---- QA: microsoft/ms_marco v1.1 --------------------------------------------------------------------------
-def msmarco_row(query_id: int, query: str, answers: list[str], texts: list[str], selected: list[int]) -> dict:
-    return {
-        "answers": answers,
-        "passages": {
-            "is_selected": selected,
-            "passage_text": texts,
-            "url": [f"https://example.org/{query_id}/{i}" for i in range(len(texts))],
-        },
-        "query": query,
-        "query_id": query_id,
-        "query_type": "DESCRIPTION",
-        "wellFormedAnswers": [],
-    }
-
-
-MSMARCO_ROWS = [
-    msmarco_row(
-        1185869,
-        ")what was the immediate impact of the success of the manhattan project?",
-        ["No Answer Present."],
-        ["The Manhattan Project was a research project.", "It produced the first atomic bombs."],
-        [0, 0],
-    ),
-    msmarco_row(
-        19699,
-        "what is the boiling point of water",
-        ["100 degrees Celsius"],
-        [
-            "Paris is the capital of France.",
-            "Water boils at 100 degrees Celsius at sea level, the boiling point of water.",
-            "The boiling point of ethanol is 78 degrees.",
-        ],
-        [0, 1, 0],
-    ),
-    msmarco_row(
-        524332,
-        "what is the highest mountain",
-        ["", "Mount Everest"],
-        ["Mount Everest is the highest mountain on Earth.", "K2 is the second highest mountain."],
-        [1, 0],
-    ),
-]
-
-
-def test_qa_from_hub_msmarco_skips_no_answer_rows_and_keeps_bm25_top_passages(fake_hub):
-    hub = fake_hub({("microsoft/ms_marco", "v1.1", "train"): MSMARCO_ROWS})
-    examples = qa_from_hub("msmarco", num_candidates=2, use_labels=True)
-
-    assert hub.calls == [{"path": "microsoft/ms_marco", "name": "v1.1", "split": "train", "streaming": False}]
-    assert [e.query_id for e in examples] == ["19699", "524332"]  # 1185869 has "No Answer Present." only
-    water, everest = examples
-    assert water.task == "qa"
-    assert water.query == "what is the boiling point of water"
-    assert water.answers == ("100 degrees Celsius",)
-    assert water.candidates == (  # BM25: two query terms, then one; the Paris passage shares none
-        "Water boils at 100 degrees Celsius at sea level, the boiling point of water.",
-        "The boiling point of ethanol is 78 degrees.",
-    )
-    assert water.candidate_ids == ("19699-1", "19699-2")
-    assert water.labels == (True, False)
-    assert everest.answers == ("Mount Everest",)  # the empty answer string is dropped
-    assert everest.candidates == (
-        "Mount Everest is the highest mountain on Earth.",
-        "K2 is the second highest mountain.",
-    )
-    assert everest.labels == (True, False)
-
-
-def test_qa_from_hub_msmarco_max_queries_streams_and_stops(fake_hub):
-    hub = fake_hub({("microsoft/ms_marco", "v1.1", "validation"): MSMARCO_ROWS})
-    examples = qa_from_hub("msmarco", split="validation", num_candidates=None, max_queries=1)
-
-    assert hub.calls == [
-        {"path": "microsoft/ms_marco", "name": "v1.1", "split": "validation", "streaming": True}
-    ]
-    (example,) = examples
-    assert example.query_id == "19699"
-    assert example.candidates == tuple(MSMARCO_ROWS[1]["passages"]["passage_text"])  # all, in file order
-    assert example.candidate_ids == ("19699-0", "19699-1", "19699-2")
-    assert example.labels is None  # label-free unless asked
-
-
-NQ_ROWS = [
-    {
-        "query_id": "0",
-        "query": "big little lies season 2 how many episodes",
-        "answers": ["seven"],
-        "positive_passages": [
-            {
-                "docid": "18768923",
-                "title": "Big Little Lies (TV series)",
-                "text": "The second season consists of seven episodes.",
-            }
-        ],
-        "negative_passages": [
-            {"docid": "5473512", "title": "Little Lies", "text": "Little Lies is a song by Fleetwood Mac."},
-            {"docid": "200", "title": "", "text": "An untitled passage about television."},
-        ],
-    },
-    {  # the test split carries no passages: nothing to retrieve, skipped
-        "query_id": "1",
-        "query": "who sings does he love me with reba",
-        "answers": ["Linda Davis"],
-        "positive_passages": [],
-        "negative_passages": [],
-    },
-]
-
-
-def test_qa_from_hub_nq_puts_titled_positives_first(fake_hub):
-    hub = fake_hub({("Tevatron/wikipedia-nq", None, "train"): NQ_ROWS})
-    examples = qa_from_hub("nq", num_candidates=5, use_labels=True)
-
-    assert hub.calls == [{"path": "Tevatron/wikipedia-nq", "split": "train", "streaming": False}]
-    (example,) = examples
-    assert example.query_id == "0"
-    assert example.query == "big little lies season 2 how many episodes"
-    assert example.answers == ("seven",)
-    assert example.candidates == (
-        "Big Little Lies (TV series): The second season consists of seven episodes.",
-        "Little Lies: Little Lies is a song by Fleetwood Mac.",
-        "An untitled passage about television.",
-    )
-    assert example.candidate_ids == ("18768923", "5473512", "200")  # the corpus docids, shared across queries
-    assert example.labels == (True, False, False)
-
-
-def test_qa_from_hub_unknown_dataset_names_the_known_ones(fake_hub):
-    hub = fake_hub({})
-    with pytest.raises(ValueError, match="unknown QA hub data set 'hotpot' \\(known: msmarco, nq\\)"):
-        qa_from_hub("hotpot")
-    assert hub.calls == []
 
 
 # ---- Conversational search: svakulenk0/qrecc -------------------------------------------------------------
@@ -538,7 +226,7 @@ AG_NEWS = flan_rows(
 TREC = flan_rows(
     "trec", ["who invented the telephone", "who invented the light bulb", "what is the speed of light"]
 )
-FLAN = "hf://datasets/Muennighoff/flan/train/{}_10templates.jsonl"
+FLAN = "hf://datasets/Muennighoff/flan/train/{}_10templates_train.jsonl"  # renamed from {}_10templates.json
 
 
 def test_icl_from_hub_streams_each_task_file_and_pairs_bm25_neighbours(fake_hub):
@@ -583,28 +271,30 @@ def test_icl_from_hub_too_few_records_names_the_task(fake_hub):
         icl_from_hub(["trec"], per_task=200, num_candidates=5)
 
 
-# ---- Long context: deepmind/pg19 (short_book_title, publication_date, url, text), streamed ---------------
-def pg19_row(title: str, text: str, book_number: int = 11) -> dict:
-    return {
-        "short_book_title": title,
-        "publication_date": 1865,
-        "url": f"http://www.gutenberg.org/ebooks/{book_number}",
-        "text": text,
-    }
+def test_icl_from_hub_reads_real_flan_rows(fake_hub):
+    rows = hub_rows("Muennighoff_flan__train_ag_news_subset_10templates_train")
+    fake_hub({("json", FLAN.format("ag_news_subset"), "train"): rows})
+    examples = icl_from_hub(["ag_news_subset"], per_task=len(rows), num_candidates=3)
+    assert len(examples) == len(rows)
+    first = next(e for e in examples if e.query_id == "ag_news_subset-0")
+    assert first.query == rows[0]["inputs"] and first.answers == (rows[0]["targets"],) == ("World",)
+    assert all(c.endswith("\nWorld") for c in first.candidates)  # demonstrations: "<inputs>\n<targets>"
+    assert "ag_news_subset-0" not in first.candidate_ids
 
 
+# ---- Long context: emozilla/pg19 (parquet copy of PG-19) and CodeParrot, streamed ----------------------------
 def test_long_context_from_hub_streams_books_and_chunks_them(fake_hub):
     books = [
-        pg19_row("Book A", " ".join(f"a{i}" for i in range(12))),
-        pg19_row("Book B", " ".join(f"b{i}" for i in range(8))),
-        pg19_row("Book C", " ".join(f"c{i}" for i in range(12))),  # past max_books
+        {"text": " ".join(f"a{i}" for i in range(12))},
+        {"text": " ".join(f"b{i}" for i in range(8))},
+        {"text": " ".join(f"c{i}" for i in range(12))},  # past max_books
     ]
-    hub = fake_hub({("deepmind/pg19", None, "train"): books})
+    hub = fake_hub({("emozilla/pg19", None, "train"): books})
     examples = long_context_from_hub(
         max_books=2, chunk_words=2, continuation_words=1, num_candidates=2, max_chunks_per_book=2
     )
 
-    assert hub.calls == [{"path": "deepmind/pg19", "split": "train", "streaming": True}]
+    assert hub.calls == [{"path": "emozilla/pg19", "split": "train", "streaming": True}]
     # words kept per book: 2 * (2 + 2 + 1) = 10 -> chunks 0..4; queries are chunks 2 and 3
     assert [e.query_id for e in examples] == ["pg19-0-2", "pg19-0-3", "pg19-1-2"]
     a2, a3, b2 = examples
@@ -616,53 +306,131 @@ def test_long_context_from_hub_streams_books_and_chunks_them(fake_hub):
     assert a2.labels is None
 
 
-# ---- The shipped config's hub task specs reach the hub loaders with valid arguments ----------------------
-def test_llm_embedder_base_hub_task_specs_load_through_the_fake_hub(fake_hub, monkeypatch):
-    monkeypatch.delenv("TOOLBENCH_QUERIES", raising=False)
-    config = OmegaConf.load(CONFIG_DIR / "exp" / "llm_embedder_base.yaml")
-    tasks = OmegaConf.to_container(config.data.tasks, resolve=True)
-    flan_tasks = tasks["icl"]["tasks"]
-    assert all(spec["source"] == "hub" for spec in tasks.values())
+def test_long_context_reads_the_real_schemas_of_pg19_and_codeparrot(fake_hub):
+    code_files = converted("codeparrot/codeparrot-clean-valid", "default", "train")
+    hub = fake_hub(
+        {
+            ("emozilla/pg19", None, "train"): hub_rows("emozilla_pg19__train"),
+            ("parquet", code_files, "train"): hub_rows("codeparrot_codeparrot-clean-valid__default_train"),
+        }
+    )
+    books = long_context_from_hub(chunk_words=40, num_candidates=3)
+    code = long_context_from_hub(dataset="codeparrot", chunk_words=20, num_candidates=2)
+    assert books and code and hub.calls[1]["data_files"] == code_files
+    assert books[0].query.split()[:1] == hub_rows("emozilla_pg19__train")[0]["text"].split()[120:121]
+    assert code[0].query_id == "codeparrot-0-2" and "def" in " ".join(e.query for e in code)
+    with pytest.raises(ValueError, match="unknown long-text data set 'books3' \\(known: pg19, codeparrot\\)"):
+        long_context_from_hub(dataset="books3")
 
-    nine_inputs = [f"question {i} about topic {i % 3}" for i in range(9)]
+
+# ---- The shipped hub task mix loads through the fake hub with real-schema rows ----------------------------------
+def hub_mix_tables(flan_tasks: list[str]) -> dict[tuple, Any]:
+    flan = hub_rows("Muennighoff_flan__train_ag_news_subset_10templates_train")
     tables: dict[tuple, Any] = {
-        ("microsoft/ms_marco", "v1.1", "train"): [
-            msmarco_row(
-                i, f"query {i}", [f"answer {i}"], [f"passage {i} {j}" for j in range(10)], [1] + [0] * 9
-            )
-            for i in range(2)
-        ],
-        ("Tevatron/wikipedia-nq", None, "train"): NQ_ROWS,
+        ("microsoft/ms_marco", "v2.1", "train"): hub_rows("microsoft_ms_marco__v2.1_train"),
+        ("parquet", converted("Tevatron/wikipedia-nq", "default", "train"), "train"): hub_rows(
+            "Tevatron_wikipedia-nq__default_train"
+        ),
+        ("nayohan/msc-raw", None, "train"): hub_rows("nayohan_msc-raw__train"),
+        ("svakulenk0/qrecc", None, "train"): hub_rows("svakulenk0_qrecc__train"),
         ("json", "toolbench/data/instruction/G1_query.json", "train"): json.loads(
             (TOOLBENCH_SAMPLE / "G1_query.json").read_text(encoding="utf-8")
         ),
-        ("svakulenk0/qrecc", None, "train"): QRECC_ROWS,
-        ("deepmind/pg19", None, "train"): [pg19_row("Book A", " ".join(f"w{i}" for i in range(96 * 10)))],
+        ("emozilla/pg19", None, "train"): hub_rows("emozilla_pg19__train"),
+        ("parquet", converted("codeparrot/codeparrot-clean-valid", "default", "train"), "train"): hub_rows(
+            "codeparrot_codeparrot-clean-valid__default_train"
+        ),
     }
     for task in flan_tasks:
-        tables[("json", FLAN.format(task), "train")] = flan_rows(task, nine_inputs)
-    hub = fake_hub(tables)
+        tables[("json", FLAN.format(task), "train")] = [{**row, "task": task} for row in flan]
+    return tables
 
-    loaded = {name: load_task_examples(name, spec) for name, spec in tasks.items()}
 
-    assert [(c["path"], c.get("name") or c.get("data_files"), c.get("streaming")) for c in hub.calls] == [
-        ("microsoft/ms_marco", "v1.1", False),
-        ("Tevatron/wikipedia-nq", None, False),
-        ("json", "toolbench/data/instruction/G1_query.json", None),
-        ("svakulenk0/qrecc", None, None),
-        *[("json", FLAN.format(task), True) for task in flan_tasks],
-        ("deepmind/pg19", None, True),
+def test_llm_embedder_hub_task_mix_loads_through_the_fake_hub(fake_hub, monkeypatch):
+    monkeypatch.delenv("TOOLBENCH_QUERIES", raising=False)
+    config = OmegaConf.load(CONFIG_DIR / "data" / "llm_embedder_tasks_hub.yaml")
+    tasks = OmegaConf.to_container(config.tasks, resolve=True)
+    tasks["chat"]["min_history"] = 4  # the fixture dialogue has 4 earlier exchanges
+    for name in ("lrlm_books", "lrlm_code"):
+        tasks[name] |= {"chunk_words": 20, "num_candidates": 2}
+    tasks["icl"]["num_candidates"] = 3
+    hub = fake_hub(hub_mix_tables(tasks["icl"]["tasks"]))
+
+    with pytest.warns(UserWarning, match="left out 1 question"):
+        loaded = {name: load_task_examples(name, spec) for name, spec in tasks.items()}
+
+    assert {name: bool(examples) for name, examples in loaded.items()} == dict.fromkeys(tasks, True)
+    assert [e.query_id for e in loaded["qa"]] == ["1185869", "1185868"]  # 1185870: "No Answer Present."
+    chat = loaded["chat"]
+    assert [e.query for e in chat] == [
+        "Are you still in the military?",
+        "Oh wow that's very admirable. What do you do now?",
     ]
-    assert [len(loaded[name]) for name in ("qa", "nq", "tool", "convsearch", "icl", "lrlm")] == [
-        2,
-        1,
-        5,
-        4,
-        9 * len(flan_tasks),
-        1,  # 10 chunks of 96 words, 8 earlier chunks needed and one after: chunk 8 only
+    assert (
+        chat[1].candidates[-1].startswith("Speaker 1: Are you still in the military?\nSpeaker 2: No, I have")
+    )
+    assert loaded["convsearch"][2].query.endswith(
+        "What significant fact can you tell me about Gary that you liked?"
+    )
+    assert {c["path"] for c in hub.calls} >= {
+        "microsoft/ms_marco",
+        "nayohan/msc-raw",
+        "emozilla/pg19",
+        "parquet",
+    }
+
+
+# ---- The reference's own files: the archive from the hub, read as tasks ------------------------------------------
+@pytest.fixture
+def reference_archive(tmp_path, monkeypatch):
+    """A small llm-embedder.tar.gz of the reference's real toy rows, served by a fake hf_hub_download."""
+    archive = tmp_path / "llm-embedder.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(HUB_ROWS / "llm_embedder_reference", arcname="llm-embedder")
+    calls = []
+
+    def fake_download(**kwargs):
+        calls.append(kwargs)
+        return str(archive)
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    return calls
+
+
+def test_reference_files_give_passage_keys_for_convsearch_and_history_keys_for_chat(reference_archive):
+    conv = load_task_examples("convsearch", {"source": "reference", "file": "convsearch"})
+    rows = hub_rows("llm_embedder_reference/convsearch/qrecc/train.concat.json")
+    assert reference_archive == [
+        {"repo_id": "namespace-Pt/projects", "filename": "llm-embedder.tar.gz", "repo_type": "dataset"}
     ]
-    assert all(len(e.candidates) == 8 for e in loaded["qa"] + loaded["tool"] + loaded["icl"] + loaded["lrlm"])
-    assert loaded["lrlm"][0].query_id == "pg19-0-8"
+    assert conv[0].candidates == tuple(rows[0]["pos"] + rows[0]["neg"])  # passages, not answers
+    assert conv[0].candidate_ids[0] == "54386775" and conv[0].labels == (True,) + (False,) * len(
+        rows[0]["neg"]
+    )
+    chat = load_task_examples("chat", {"source": "reference", "file": "chat"})
+    assert chat[0].candidates == tuple(hub_rows("llm_embedder_reference/chat/msc/train.json")[0]["history"])
+    assert chat[0].labels is None and chat[0].task == "chat"
+    qa = load_task_examples("qa", {"source": "reference", "file": "qa_msmarco", "use_labels": False})
+    assert qa[0].query_id == "1185869" and qa[0].labels is None and qa[0].candidate_ids[0] == "0"
+    books = load_task_examples("lrlm", {"source": "reference", "file": "lrlm_books3"})
+    assert books[0].labels is None and len(books[0].candidates) == 4
+    assert len(reference_archive) == 1  # extracted once into the cache, then reused
+    tool = load_task_examples("tool", {"source": "reference", "file": "tool"})
+    assert tool[0].query_id == "49635" and tool[0].answers == () and tool[0].labels[:3] == (True, True, True)
+
+
+def test_reference_file_with_a_bad_row_names_file_line_and_field(tmp_path):
+    folder = tmp_path / "ref" / "qa" / "nq"
+    folder.mkdir(parents=True)
+    (folder / "train.json").write_text(
+        json.dumps({"query": "q", "answers": ["a"], "pos": "not a list", "neg": []}) + "\n"
+    )
+    with pytest.raises(DataFormatError, match=r"qa/nq/train.json:1: field 'pos': expected list, got str"):
+        load_task_examples(
+            "nq", {"kind": "qa", "source": "reference", "file": "qa_nq", "root": str(tmp_path / "ref")}
+        )
 
 
 def test_tool_from_hub_keeps_query_ids_unique_across_files(fake_hub):
@@ -675,3 +443,43 @@ def test_tool_from_hub_keeps_query_ids_unique_across_files(fake_hub):
     assert [c["data_files"] for c in hub.calls] == ["G1_query.json", "G2_query.json"]
     ids = [e.query_id for e in examples]
     assert ids[0].startswith("G1_query-") and ids[1].startswith("G2_query-") and len(set(ids)) == 2
+
+
+# ---- no loader runs a loading script ----------------------------------------------------------------------------
+def every_hub_table() -> list:
+    from datamodules.hub import HubTable, json_files
+    from datamodules.hub_qa import QA_TABLES
+    from datamodules.llm_embedder_tasks.chat import MSC_REPO
+    from datamodules.llm_embedder_tasks.convsearch import HUB_NAME
+    from datamodules.llm_embedder_tasks.icl import FLAN_FILES, FLAN_REPO
+    from datamodules.llm_embedder_tasks.long_context import LONG_TEXT_SOURCES
+    from datamodules.unlabeled_queries import HUB_QUERY_SETS
+
+    tables = [t for splits in QA_TABLES.values() for t in splits.values()]
+    tables += list(HUB_QUERY_SETS.values()) + [table("train") for table, _ in LONG_TEXT_SOURCES.values()]
+    tables += [HubTable(MSC_REPO), HubTable(HUB_NAME), json_files(FLAN_REPO, FLAN_FILES.format(task="trec"))]
+    return tables
+
+
+def test_no_hub_table_is_a_loading_script_or_remote_code():
+    from tests.hub_fakes import script_free_problem
+
+    tables = every_hub_table()
+    assert len(tables) == 12
+    for table in tables:
+        arguments = {"path": table.path, "data_files": table.data_files}
+        assert script_free_problem(arguments) is None, table
+        if (
+            table.data_files
+        ):  # packaged builders read parquet / json files of a repository (or its conversion)
+            assert table.data_files.startswith("hf://datasets/") and table.data_files.endswith(
+                (".parquet", ".jsonl")
+            )
+
+
+@pytest.mark.parametrize("repo", ["Tevatron/wikipedia-nq", "deepmind/pg19", "BeIR/scifact", "BeIR/msmarco"])
+def test_a_loading_script_repository_is_refused_naming_what_to_use(repo):
+    from datamodules.hub import HubTable, load_table
+
+    with pytest.raises(DataFormatError, match=f"{repo}: is a loading-script repository.*; use "):
+        load_table(HubTable(repo))

@@ -116,6 +116,32 @@ def _batch(queries: list[str], group: int) -> RetrievalBatch:
     )
 
 
+def sft_training_losses(sft, batch: RetrievalBatch, steps: int) -> list[float]:
+    """The losses of ``steps`` optimisation steps of the reranker SFT module on one batch."""
+    optimizer = sft.configure_optimizers()
+
+    def step() -> float:
+        loss = sft.training_step(batch, 0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    return [step() for _ in range(steps)]
+
+
+def labelled_batch(group: int, gold: torch.Tensor) -> RetrievalBatch:
+    """Two queries, each with the next ``group`` of DOCUMENTS (query 0: the first ``group``), and labels."""
+    return RetrievalBatch(
+        query_ids=["q0", "q1"],
+        queries=QUERIES[:2],
+        documents=[DOCUMENTS[i * group : (i + 1) * group] for i in range(2)],
+        document_ids=[[f"d{i * group + j}" for j in range(group)] for i in range(2)],
+        document_codes=torch.arange(2 * group).view(2, group),
+        gold=gold,
+    )
+
+
 @pytest.mark.parametrize(("kind", "kl_over"), [("mlp", "relevance"), ("cross_attention", "vocabulary")])
 def test_only_the_predictor_trains(kind, kl_over):
     model = RabtrieverModule(
@@ -228,22 +254,8 @@ def test_reranker_sft_trains_lora_only_and_saves_the_merged_teacher(tmp_path):
     sft = RerankerSFTModule("tiny-llama", prompt=TINY_PROMPT, lora={"r": 4}, lr=5e-3)
     trainable = [name for name, p in sft.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in name for name in trainable)
-    batch = RetrievalBatch(
-        query_ids=["q0", "q1"],
-        queries=QUERIES[:2],
-        documents=[DOCUMENTS[0:2], DOCUMENTS[2:4]],
-        document_ids=[["d0", "d1"], ["d2", "d3"]],
-        document_codes=torch.tensor([[0, 1], [2, 3]]),
-        gold=torch.tensor([[True, False], [False, True]]),
-    )
-    optimizer = sft.configure_optimizers()
-    losses = []
-    for _ in range(8):
-        loss = sft.training_step(batch, 0)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    batch = labelled_batch(2, torch.tensor([[True, False], [False, True]]))
+    losses = sft_training_losses(sft, batch, steps=8)
     assert losses[-1] < losses[0]
     model, tokenizer = load_frozen_lm(str(sft.save_merged(tmp_path / "teacher")))
     merged = RelevanceLM(model, tokenizer, RelevancePrompt(**TINY_PROMPT))
@@ -287,3 +299,21 @@ def test_random_order_reference_matches_the_expected_ndcg_and_mrr():
     # every candidate relevant: any order is perfect
     both = random_order_metrics(["q"], ["a", "b"], candidates, {"q": {"a": 1, "b": 1}}, permutations=3)
     assert both["ndcg@10"] == pytest.approx(1.0)
+
+
+def test_reranker_sft_listwise_option_softmaxes_each_querys_group():
+    from lightning_modules.losses.rabtriever import listwise_relevance_loss
+    from lightning_modules.rabtriever.reranker_sft import RerankerSFTModule
+
+    with pytest.raises(ValueError, match="sft loss must be one of pointwise, listwise; got 'pairwise'"):
+        RerankerSFTModule("tiny-llama", prompt=TINY_PROMPT, loss="pairwise")
+    torch.manual_seed(0)
+    sft = RerankerSFTModule("tiny-llama", prompt=TINY_PROMPT, lora={"r": 4}, lr=1e-3, loss="listwise")
+    labels = torch.tensor([[True, False, False], [False, True, False]])
+    batch = labelled_batch(3, labels)
+    with torch.no_grad():
+        logits = sft.lm.teacher([q for q in QUERIES[:2] for _ in range(3)], DOCUMENTS).relevance_logits
+        expected = listwise_relevance_loss(logits.view(2, 3, -1), labels)
+        assert sft.training_step(batch, 0).item() == pytest.approx(expected.item(), abs=1e-5)
+    losses = sft_training_losses(sft, batch, steps=6)
+    assert losses[-1] < losses[0]

@@ -160,4 +160,6 @@ def test_enormous_line_is_refused_without_reading_it_whole(tmp_path):
 def test_missing_files_and_folders(beir, tmp_path):
     assert load_error(tmp_path / "nowhere").startswith(f"{tmp_path / 'nowhere'}: data folder not found")
     (beir / "qrels" / "dev.tsv").unlink()
-    assert load_error(beir) == f"{beir / 'qrels' / 'dev.tsv'}: file not found"
+    assert load_error(beir) == (
+        f"{beir / 'qrels' / 'dev.tsv'}: file not found: no split 'dev' (this folder has: train)"
+    )

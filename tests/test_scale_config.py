@@ -186,6 +186,23 @@ def test_rendered_sbatch_is_valid_for_exp_nodes_gpus(tmp_path, nodes, gpus, trai
     assert cfg.logger.wandb is not None  # the W&B run id is fixed by the run directory
 
 
+def test_rendered_sbatch_for_cpu_tasks_asks_for_no_gpu(tmp_path):
+    """TRAINER=ddp_cpu: the same template, one CPU process per task, no GPU request (the SLURM CI cluster)."""
+    args = parse_slurm_args(
+        ["train", "default", "--nodes=1", "--gpus=2", "--trainer=ddp_cpu", f"--output-root={tmp_path}"]
+    )
+    script = render_training(args)
+    directives = sbatch_directives(script)
+    assert "--gpus-per-node" not in directives and directives["--ntasks-per-node"] == "2"
+    assert directives["--signal"] == "SIGUSR1@90" and "--requeue" in directives
+    assert "\n\n#SBATCH" not in script and "@@" not in script
+    cfg = composed(srun_overrides(script))  # cpu.yaml has no num_nodes: ++ adds it
+    assert cfg.trainer.num_nodes == 1 and cfg.trainer.devices == 2 and cfg.trainer.accelerator == "cpu"
+    assert cfg.trainer.strategy.process_group_backend == "gloo"
+    with pytest.raises(SystemExit, match="trainer must be one of ddp, fsdp, ddp_cpu.* got 'cpu'"):
+        slurm_main(["train", "default", "--trainer=cpu", "--dry"])
+
+
 def test_slurm_rejects_an_unknown_experiment_and_bad_counts(capsys):
     with pytest.raises(SystemExit, match="unknown experiment 'no_such_exp'.*available: .*default"):
         slurm_main(["train", "no_such_exp", "--nodes", "2", "--gpus", "8", "--dry"])
@@ -236,12 +253,19 @@ def test_trial_command_passes_parameters_as_overrides():
     assert command[3:] == [
         "-m",
         "experiments.train",
+        "logger=wandb",  # the sweep reads the trial's metric from its W&B run
         "exp=default",
         "model.optimizer.lr=3e-05",
         "trainer=ddp",
         "trainer.devices=4",
     ]
-    assert trial_command(["exp=default"], {})[1:] == ["-m", "experiments.train", "exp=default"]
+    assert trial_command(["exp=default"], {})[1:] == [
+        "-m",
+        "experiments.train",
+        "logger=wandb",
+        "exp=default",
+    ]
+    assert "logger=wandb" not in trial_command(["exp=default", "logger=csv"], {})  # an explicit choice stays
 
 
 # ---- GPU only ----------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ A QReCC turn is ``{"Conversation_no", "Turn_no", "Context": [q1, a1, q2, a2, ...
 "Answer"}``. The query the embedder sees is the conversation so far plus the question (the reference's
 "concat" data). Local files may add ``"candidates": [{"doc_id", "text", "is_relevant"}]`` (passages); the hub
 version has no passages, so its keys are the turns' answers (the turn's own answer is the positive, other
-turns' answers the negatives). The task is contrastive only in the reference settings.
+turns' answers the negatives): a stand-in, since the reference's keys are passages, which come with its own
+files (:mod:`.reference_files`). The task is contrastive only in the reference settings.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from datamodules.errors import DataFormatError
+from datamodules.hub import HubTable, iter_rows
 from datamodules.jsonl import read_jsonl, require_field
 from datamodules.llm_embedder_tasks.task_example import TaskExample
 
@@ -91,9 +93,9 @@ def convsearch_from_rows(
 def convsearch_from_hub(
     split: str = "train", num_candidates: int = 8, max_turns: int = 6, max_rows: int | None = None
 ) -> list[TaskExample]:
-    """QReCC from the hub (``svakulenk0/qrecc``) with ``datasets.load_dataset``; needs network access."""
-    from datasets import load_dataset
-
-    rows = load_dataset(HUB_NAME, split=split)
-    rows = [dict(r) for r in (rows.select(range(min(max_rows, len(rows)))) if max_rows else rows)]
-    return convsearch_from_rows(rows, num_candidates, max_turns)
+    """QReCC from the hub (``svakulenk0/qrecc``, json files: ``qrecc-training.json`` / ``qrecc-test.json``)
+    with ``datasets``; the first ``max_rows`` turns. Its keys are answers (the hub copy has no passages): a
+    stand-in for the reference's passage keys, which come with the reference files (source ``reference``)."""
+    return convsearch_from_rows(
+        list(iter_rows(HubTable(HUB_NAME, split=split), limit=max_rows)), num_candidates, max_turns
+    )

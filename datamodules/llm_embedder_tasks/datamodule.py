@@ -1,6 +1,6 @@
 """The multi-task DataModule of LLM-Embedder: several task families, homogeneous batches, one eval set.
 
-Each task is configured by a dict (see :func:`load_task_examples`); batches are
+Each task is configured by a dict (see :mod:`datamodules.llm_embedder_tasks.readers`); batches are
 :class:`~datamodules.batch.RetrievalBatch` es of one task, each query with ``group_size`` candidate documents
 and ``gold`` a ``[B, G]`` bool tensor, or ``None`` when the task is label-free. Retrieval evaluation (``callbacks.RetrievalEvaluation``) runs on a
 BEIR folder given by ``eval`` (default: the vendored HotpotQA dev split).
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -20,91 +19,11 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules.batch import Collator, RetrievalBatch, module_preparer, padded_codes
 from datamodules.beir import load_beir_folder
 from datamodules.errors import DataFormatError
-from datamodules.llm_embedder_tasks.convsearch import convsearch_from_file, convsearch_from_hub
-from datamodules.llm_embedder_tasks.icl import icl_from_file, icl_from_hub
-from datamodules.llm_embedder_tasks.long_context import long_context_from_files, long_context_from_hub
-from datamodules.llm_embedder_tasks.qa import qa_from_candidates_file, qa_from_hub
+from datamodules.llm_embedder_tasks.readers import load_task_examples
 from datamodules.llm_embedder_tasks.sampler import BatchKey, HomogeneousTaskBatchSampler
 from datamodules.llm_embedder_tasks.task_example import TaskExample
-from datamodules.llm_embedder_tasks.tool import tool_from_files, tool_from_hub
-from datamodules.paths import PACKAGE_DIR, resolve_data_path
+from datamodules.paths import resolve_data_path
 from datamodules.records import RetrievalCorpus
-
-TASK_DATA = {
-    "toolbench_example": PACKAGE_DIR / "data" / "toolbench_example",
-    "qrecc_sample": PACKAGE_DIR / "fixtures" / "task_samples" / "qrecc_sample.jsonl",
-    "icl_sample": PACKAGE_DIR / "fixtures" / "task_samples" / "icl_sample.jsonl",
-    "coriolanus": PACKAGE_DIR / "fixtures" / "long_context" / "coriolanus_act1.txt",
-}
-CONTROL_KEYS = {"kind", "source", "weight", "group_size"}
-TINY_LIMITS = {"qa": {"max_queries": 8}, "icl": {"max_queries": 8}, "lrlm": {"max_queries": 8}}
-
-
-def resolve_task_path(path: str) -> Path:
-    """A task-data alias (``toolbench_example``, ``qrecc_sample``, ``icl_sample``, ``coriolanus``), a data
-    alias (``hotpotqa``, ``tiny_hotpotqa``) or a local path."""
-    return TASK_DATA.get(path) or resolve_data_path(path)
-
-
-def _split_ids(folder: Path, split: str) -> set[str]:
-    qrels = folder / "qrels" / f"{split}.tsv"
-    if not qrels.is_file():
-        raise DataFormatError(qrels, f"split '{split}' not found")
-    lines = qrels.read_text(encoding="utf-8").splitlines()[1:]
-    return {line.split("\t")[0] for line in lines if line.strip()}
-
-
-def load_task_examples(name: str, spec: dict[str, Any], tiny: bool = False) -> list[TaskExample]:
-    """Examples of one configured task.
-
-    ``spec["kind"]`` (default: the task's name) picks the family: ``qa``, ``tool``, ``convsearch``, ``icl``,
-    ``lrlm``; ``spec["source"]`` is ``local`` (default) or ``hub``. The remaining keys are the reader's
-    arguments (e.g. ``path``, ``split``, ``num_candidates``, ``max_queries``). With ``tiny`` (``debug=tiny``)
-    a hub task reads its local sample instead, so every experiment smoke-runs offline.
-    """
-    kind = spec.get("kind", name)
-    source = spec.get("source", "local")
-    args = {k: v for k, v in spec.items() if k not in CONTROL_KEYS}
-    if tiny and source != "local":  # debug=tiny: hub tasks fall back to their small local sample
-        source, args = "local", dict(TINY_LIMITS.get(kind, {}))
-        if kind != "convsearch":
-            args["num_candidates"] = int(spec.get("group_size", 5))
-    where = f"data.tasks.{name}"
-    try:
-        if kind == "qa" and source == "local":
-            path = args.pop("path", "hotpotqa")
-            path = "tiny_hotpotqa" if tiny else path
-            folder = resolve_task_path(path)
-            split = args.pop("split", "train")
-            file = args.pop("file", "qa_candidates.jsonl")
-            return qa_from_candidates_file(folder / file, _split_ids(folder, split), **args)
-        if kind == "qa":
-            return qa_from_hub(**args)
-        if kind == "tool" and source == "local":
-            folder = resolve_task_path(args.pop("path", "toolbench_example"))
-            files = args.pop("files", None) or sorted(p.name for p in folder.glob("*.json"))
-            return tool_from_files([folder / f for f in files], **args)
-        if kind == "tool":
-            return tool_from_hub(**args)
-        if kind == "convsearch" and source == "local":
-            return convsearch_from_file(resolve_task_path(args.pop("path", "qrecc_sample")), **args)
-        if kind == "convsearch":
-            return convsearch_from_hub(**args)
-        if kind == "icl" and source == "local":
-            return icl_from_file(resolve_task_path(args.pop("path", "icl_sample")), **args)
-        if kind == "icl":
-            return icl_from_hub(**args)
-        if kind == "lrlm" and source == "local":
-            paths = args.pop("paths", ["coriolanus"])
-            return long_context_from_files([resolve_task_path(p) for p in paths], **args)
-        if kind == "lrlm":
-            return long_context_from_hub(**args)
-    except TypeError as error:
-        raise ValueError(f"{where}: bad option for a '{kind}' task from '{source}': {error}") from None
-    raise ValueError(
-        f"{where}: unknown kind '{kind}' or source '{source}' (kinds: qa, tool, convsearch, icl, lrlm; "
-        "sources: local, hub)"
-    )
 
 
 class TaskGroupDataset(Dataset):

@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from datamodules.errors import DataFormatError
+from datamodules.hub import iter_rows, json_files
 from datamodules.jsonl import read_jsonl, require_field
 from datamodules.llm_embedder_tasks.task_example import TaskExample
 from datamodules.mining import bm25_top_k
 from datamodules.records import Document
 
-FLAN_FILES = "hf://datasets/Muennighoff/flan/train/{task}_10templates.jsonl"
+FLAN_REPO = "Muennighoff/flan"
+FLAN_FILES = "train/{task}_10templates_train.jsonl"  # renamed on the hub from train/{task}_10templates.json
 
 
 def demonstration(record: dict[str, str]) -> str:
@@ -72,15 +74,12 @@ def icl_from_file(
 
 
 def icl_from_hub(tasks: list[str], per_task: int = 200, num_candidates: int = 5) -> list[TaskExample]:
-    """FLAN tasks from ``Muennighoff/flan`` (``inputs``/``targets`` JSON lines per task) with ``datasets``."""
-    from datasets import load_dataset
-
+    """FLAN tasks from ``Muennighoff/flan`` (files ``train/{task}_10templates_train.jsonl``: ``inputs``,
+    ``targets``, ``task``), the first ``per_task`` rows of each, streamed with the packaged json builder."""
     records: list[dict[str, Any]] = []
     for task in tasks:
-        rows = load_dataset("json", data_files=FLAN_FILES.format(task=task), split="train", streaming=True)
+        rows = iter_rows(json_files(FLAN_REPO, FLAN_FILES.format(task=task)), streaming=True, limit=per_task)
         for index, row in enumerate(rows):
-            if index >= per_task:
-                break
             records.append(
                 {"id": f"{task}-{index}", "task": task, "input": row["inputs"], "output": row["targets"]}
             )

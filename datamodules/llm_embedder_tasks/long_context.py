@@ -1,5 +1,10 @@
-"""Long-context chunk retrieval (PG-19 / Project Gutenberg style): a book split into chunks; for each
-chunk, retrieve the earlier chunks that best help the LM continue it.
+"""Long-context chunk retrieval: a long document split into chunks; for each chunk, retrieve the earlier
+chunks that best help the LM continue it.
+
+The reference trains on Books3, ArXiv and CodeParrot (Books3 is not distributable). Hub sources here:
+``pg19`` (``emozilla/pg19``, parquet: ``short_book_title``, ``publication_date``, ``url``, ``text``), a
+stand-in for Books3, and ``codeparrot`` (``codeparrot/codeparrot-clean-valid``, its parquet conversion,
+column ``content``), the reference's code source at validation size.
 
 Query: chunk ``i``. Desired output: the first ``continuation_words`` words of chunk ``i+1``. Candidates: the
 ``num_candidates`` chunks before chunk ``i`` (nearest first). No labels: the teacher
@@ -11,9 +16,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from datamodules.errors import DataFormatError
+from datamodules.hub import HubTable, converted_parquet, iter_rows
 from datamodules.llm_embedder_tasks.task_example import TaskExample
 
-PG19_HUB = "deepmind/pg19"
+LONG_TEXT_SOURCES = {  # name -> (table of the split, text column)
+    "pg19": (lambda split: HubTable("emozilla/pg19", split=split), "text"),
+    "codeparrot": (
+        lambda split: converted_parquet("codeparrot/codeparrot-clean-valid", "default", split),
+        "content",
+    ),
+}
 
 
 def split_words(text: str, chunk_words: int) -> list[str]:
@@ -57,7 +69,7 @@ def long_context_from_files(
         if not path.is_file():
             raise DataFormatError(path, "file not found")
         found = chunk_examples(
-            path.stem, path.read_text(encoding="utf-8"), chunk_words, continuation_words, num_candidates
+            path.stem, path.read_text(encoding="utf-8-sig"), chunk_words, continuation_words, num_candidates
         )
         if not found:
             raise DataFormatError(
@@ -74,16 +86,19 @@ def long_context_from_hub(
     continuation_words: int = 24,
     num_candidates: int = 5,
     max_chunks_per_book: int = 200,
+    dataset: str = "pg19",
 ) -> list[TaskExample]:
-    """PG-19 books (``deepmind/pg19``: ``short_book_title``, ``text``) streamed with ``datasets``."""
-    from datasets import load_dataset
-
+    """Long texts of ``dataset`` (see the module docstring) streamed with ``datasets``; the first
+    ``max_books`` documents, each cut to the words ``max_chunks_per_book`` queries need."""
+    if dataset not in LONG_TEXT_SOURCES:
+        raise ValueError(f"unknown long-text data set '{dataset}' (known: {', '.join(LONG_TEXT_SOURCES)})")
+    table, column = LONG_TEXT_SOURCES[dataset]
     examples = []
-    for index, row in enumerate(load_dataset(PG19_HUB, split=split, streaming=True)):
-        if index >= max_books:
-            break
-        words = row["text"].split()[: chunk_words * (max_chunks_per_book + num_candidates + 1)]
+    for index, row in enumerate(iter_rows(table(split), streaming=True, limit=max_books)):
+        words = (row[column] or "").split()[: chunk_words * (max_chunks_per_book + num_candidates + 1)]
         examples.extend(
-            chunk_examples(f"pg19-{index}", " ".join(words), chunk_words, continuation_words, num_candidates)
+            chunk_examples(
+                f"{dataset}-{index}", " ".join(words), chunk_words, continuation_words, num_candidates
+            )
         )
     return examples

@@ -1,4 +1,4 @@
-"""Question answering: HotpotQA-format candidate files locally; MS MARCO and NQ from the hub.
+"""Question answering: HotpotQA-format candidate files locally; MS MARCO, NQ and HotpotQA from the hub.
 
 The teacher scores ``−NLL(answer | "Knowledge: {paragraph} Question: {question} Answer:")``.
 """
@@ -7,18 +7,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datamodules.errors import DataFormatError
+from datamodules.hub_qa import iter_qa_examples
 from datamodules.llm_embedder_tasks.task_example import TaskExample
 from datamodules.mining import bm25_top_k
+from datamodules.missing import MissingReport
 from datamodules.qa_candidates import load_qa_candidates
 from datamodules.records import Document
 
 SELECTIONS = ("bm25", "first", "all")
-HUB_DATASETS = {
-    # short name -> datasets.load_dataset arguments
-    "msmarco": {"path": "microsoft/ms_marco", "name": "v1.1"},
-    "nq": {"path": "Tevatron/wikipedia-nq"},
-}
 
 
 def select_candidates(question: str, documents: list[Document], k: int | None, selection: str) -> list[int]:
@@ -40,19 +36,25 @@ def qa_from_candidates_file(
     selection: str = "bm25",
     use_labels: bool = False,
     max_queries: int | None = None,
+    on_missing: str = "error",
+    task_name: str = "qa",
 ) -> list[TaskExample]:
     """QA examples from a ``qa_candidates.jsonl`` file (HotpotQA format, see :mod:`datamodules.qa_candidates`).
 
     Each question keeps ``num_candidates`` of its own paragraphs (``selection``); the file's paragraphs
     contain the gold ones, so the kept set usually does too. ``use_labels`` passes ``is_supporting`` on
-    (the label-free protocol leaves it off).
+    (the label-free protocol leaves it off). A question without an answer (the teacher needs one) or, with
+    ``use_labels``, without a supporting paragraph goes through ``on_missing``: an error naming the file
+    and line, or left out and counted (``skip``).
     """
+    report = MissingReport(on_missing, key=f"data.tasks.{task_name}.on_missing")
     examples = []
-    for qa in sorted(load_qa_candidates(path, query_ids), key=lambda e: e.query.query_id):
-        if not qa.query.answers:
-            raise DataFormatError(
-                path, f"question '{qa.query.query_id}' has no answer: the teacher needs one", field="answers"
+    for qa in sorted(load_qa_candidates(path, query_ids, report=report), key=lambda e: e.query.query_id):
+        if use_labels and not qa.positives:
+            report.add(
+                "no supporting paragraph (use_labels=true)", *qa.location(), "candidates", qa.query.query_id
             )
+            continue
         documents = [c.document for c in qa.candidates]
         keep = select_candidates(qa.query.text, documents, num_candidates, selection)
         examples.append(
@@ -68,6 +70,7 @@ def qa_from_candidates_file(
         )
         if max_queries is not None and len(examples) >= max_queries:
             break
+    report.notify()
     return examples
 
 
@@ -77,49 +80,35 @@ def qa_from_hub(
     num_candidates: int | None = 5,
     use_labels: bool = False,
     max_queries: int | None = None,
+    on_missing: str = "error",
+    task_name: str = "qa",
 ) -> list[TaskExample]:
-    """MS MARCO (``microsoft/ms_marco`` v1.1: query, answers, passages{passage_text, is_selected}) or NQ
-    (``Tevatron/wikipedia-nq``: query, answers, positive_passages, negative_passages) with ``datasets``.
-    Needs network access (or a populated HF cache)."""
-    from datasets import load_dataset
-
-    if dataset not in HUB_DATASETS:
-        raise ValueError(f"unknown QA hub data set '{dataset}' (known: {', '.join(HUB_DATASETS)})")
-    rows = load_dataset(**HUB_DATASETS[dataset], split=split, streaming=max_queries is not None)
+    """QA examples from a hub source of :mod:`datamodules.hub_qa` (``msmarco``: ``microsoft/ms_marco`` v2.1;
+    ``nq``: ``Tevatron/wikipedia-nq`` parquet conversion; ``hotpotqa``), streamed. Each question keeps the
+    ``num_candidates`` of its passages BM25 ranks highest against it. A question without an answer (MS
+    MARCO's "No Answer Present.") goes through ``on_missing`` (``skip``: left out and counted)."""
+    report = MissingReport(on_missing, key=f"data.tasks.{task_name}.on_missing")
     examples = []
-    for row in rows:
-        if dataset == "msmarco":
-            passages = []
-            answers = tuple(a for a in row["answers"] if a and a != "No Answer Present.")
-            texts = list(row["passages"]["passage_text"])
-            labels = [bool(x) for x in row["passages"]["is_selected"]]
-            query, query_id = row["query"], str(row["query_id"])
-        else:
-            answers = tuple(row["answers"])
-            passages = list(row["positive_passages"]) + list(row["negative_passages"])
-            texts = [f"{p['title']}: {p['text']}" if p.get("title") else p["text"] for p in passages]
-            labels = [True] * len(row["positive_passages"]) + [False] * len(row["negative_passages"])
-            query, query_id = row["query"], str(row["query_id"])
-        if not answers or not texts:
+    for qa in iter_qa_examples(dataset, split):
+        if not qa.query.answers or not qa.candidates:
+            report.add(
+                "no answer" if qa.candidates else "no passage", *qa.location(), "answers", qa.query.query_id
+            )
             continue
-        # NQ passages carry the corpus docid (a passage shared by two questions keeps one id, which the
-        # in-batch masking of shared keys relies on); MS MARCO v1.1 passages (`passages` empty) have none.
-        doc_ids = [str(p.get("docid") or f"{query_id}-{i}") for i, p in enumerate(passages)] or [
-            f"{query_id}-{i}" for i in range(len(texts))
-        ]
-        documents = [Document(doc_id=d, text=t) for d, t in zip(doc_ids, texts)]
-        keep = select_candidates(query, documents, num_candidates, "bm25")
+        documents = [c.document for c in qa.candidates]
+        keep = select_candidates(qa.query.text, documents, num_candidates, "bm25")
         examples.append(
             TaskExample(
                 task="qa",
-                query_id=query_id,
-                query=query,
-                answers=answers,
-                candidates=tuple(texts[i] for i in keep),
+                query_id=qa.query.query_id,
+                query=qa.query.text,
+                answers=qa.query.answers,
+                candidates=tuple(documents[i].as_text() for i in keep),
                 candidate_ids=tuple(documents[i].doc_id for i in keep),
-                labels=tuple(labels[i] for i in keep) if use_labels else None,
+                labels=tuple(qa.candidates[i].is_relevant for i in keep) if use_labels else None,
             )
         )
         if max_queries is not None and len(examples) >= max_queries:
             break
+    report.notify()
     return examples

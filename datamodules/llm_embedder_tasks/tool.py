@@ -42,7 +42,7 @@ def read_toolbench_queries(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise DataFormatError(path, "file not found")
     try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
+        rows = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a byte-order mark is accepted
     except json.JSONDecodeError as error:
         raise DataFormatError(path, f"malformed JSON ({error.msg})", error.lineno) from None
     if not isinstance(rows, list):

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
-from datamodules.retrieval import TrainExample
+from datamodules.records import TrainExample
 from lightning_modules.dream.batch import DreamBatchPreparer
 from lightning_modules.dream.heads import HeadEffect, rank_heads_by_intervention
 from lightning_modules.losses.dream import HeadMap

@@ -5,8 +5,9 @@ hand-computed values:
 - :mod:`.contrastive`: InfoNCE and MIL-NCE (the contrastive baseline; LLM-Embedder's contrastive part);
 - :mod:`.dream`: DREAM's attention bias and target NLL;
 - :mod:`.distillation` and :mod:`.llm_embedder`: LLM-Embedder's graded / KL distillation and its per-task mix;
-- :mod:`.llm2vec_gen`: LLM2Vec-Gen's reconstruction and alignment;
-- :mod:`.rabtriever`: Rabtriever's state MSE and reverse KL, and the reranker's relevance loss.
+- :mod:`.llm2vec_gen`: LLM2Vec-Gen's reconstruction and alignment; :mod:`.llm2vec`: the MNTP and SimCSE
+  stages of its unsupervised LLM2Vec teacher;
+- :mod:`.rabtriever`: Rabtriever's state MSE and reverse KL, and the reranker's relevance losses.
 """
 
 from lightning_modules.losses.contrastive import (
@@ -23,9 +24,11 @@ from lightning_modules.losses.dream import (
     key_position_bias,
     mean_target_nll,
 )
+from lightning_modules.losses.llm2vec import masked_next_token_loss, simcse_loss
 from lightning_modules.losses.llm2vec_gen import alignment_loss, llm2vec_gen_loss, reconstruction_loss
 from lightning_modules.losses.llm_embedder import llm_embedder_loss
 from lightning_modules.losses.rabtriever import (
+    listwise_relevance_loss,
     rabtriever_loss,
     relevance_classification_loss,
     reverse_kl_divergence,
@@ -42,8 +45,10 @@ __all__ = [
     "info_nce_loss",
     "key_position_bias",
     "kl_distillation_loss",
+    "listwise_relevance_loss",
     "llm2vec_gen_loss",
     "llm_embedder_loss",
+    "masked_next_token_loss",
     "mean_target_nll",
     "multi_positive_info_nce_loss",
     "other_positive_mask",
@@ -51,5 +56,6 @@ __all__ = [
     "reconstruction_loss",
     "relevance_classification_loss",
     "reverse_kl_divergence",
+    "simcse_loss",
     "token_nll",
 ]

@@ -104,3 +104,31 @@ def relevance_classification_loss(relevance_logits: torch.Tensor, labels: torch.
             f"labels {tuple(labels.shape)} do not match relevance logits {tuple(relevance_logits.shape)}"
         )
     return F.binary_cross_entropy_with_logits(relevance_log_odds(relevance_logits), labels.float())
+
+
+def listwise_relevance_loss(relevance_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Listwise fine-tuning of the teacher reranker over each query's candidate group (InfoNCE-style).
+
+    ``L = −(1/B) Σ_b log( Σ_{p∈P_b} e^{s_bp} / Σ_j e^{s_bj} )`` with ``s`` the relevance log-odds
+    (:func:`relevance_log_odds`) of the ``G`` documents of query ``b`` and ``P_b`` its relevant ones (one
+    positive: the cross-entropy of the positive's softmax share). Groups without a positive are skipped.
+
+    Args:
+        relevance_logits: ``[B, G, R]`` relevance-token logits of each (query, document) pair.
+        labels: ``[B, G]`` bool, True for relevant pairs.
+
+    Example: two documents whose log-odds are equal (logits ``[[[0, 0], [0, 0]]]``), the first relevant:
+    ``L = log 2``.
+    """
+    if relevance_logits.ndim != 3 or labels.shape != relevance_logits.shape[:2]:
+        raise ValueError(
+            f"listwise_relevance_loss expects logits [B, G, R] and labels [B, G]; got "
+            f"{tuple(relevance_logits.shape)} and {tuple(labels.shape)}"
+        )
+    labels = labels.bool()
+    has_positive = labels.any(dim=1)
+    if not has_positive.any():
+        raise ValueError("listwise_relevance_loss: no group has a relevant document")
+    scores = relevance_log_odds(relevance_logits)
+    positives = torch.logsumexp(scores.masked_fill(~labels, float("-inf")), dim=1)
+    return (torch.logsumexp(scores, dim=1) - positives)[has_positive].mean()

@@ -20,6 +20,7 @@ from torch.func import functional_call
 from transformers import AutoModel
 
 from datamodules.batch import TokenizedTexts
+from lightning_modules.models.attention import attn_implementation_for
 from lightning_modules.models.frozen_lm import load_tokenizer, parse_dtype
 from lightning_modules.models.pooling import POOLINGS, pool
 from lightning_modules.models.registry import resolve_model_path
@@ -43,6 +44,8 @@ class Embedder(nn.Module):
         append_eos: append the tokenizer's EOS token (common for decoder last-token pooling).
         dtype: backbone weights dtype.
         gradient_checkpointing: recompute backbone activations in backward.
+        attention: ``causal`` (the model's own) or ``bidirectional`` (every token sees every non-padding
+            token, LLM2Vec's encoder; ``lightning_modules/models/attention.py``).
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class Embedder(nn.Module):
         dtype: str = "float32",
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
+        attention: str = "causal",
     ):
         super().__init__()
         if pooling not in POOLINGS:
@@ -68,6 +72,8 @@ class Embedder(nn.Module):
         self.instructions = {"query": query_instruction, "document": document_instruction}
         self.max_length = max_length
         self.append_eos = append_eos
+        self.attention = attention
+        implementation = attn_implementation_for(attention)
         path = resolve_model_path(name_or_path)
         self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
         self.tokenizer.padding_side = "left" if pooling == "last" else "right"
@@ -77,7 +83,10 @@ class Embedder(nn.Module):
         if append_eos and self.tokenizer.eos_token_id is None:
             raise ValueError(f"append_eos=True but the tokenizer of '{name_or_path}' has no EOS token")
         backbone = AutoModel.from_pretrained(
-            path, dtype=parse_dtype(dtype), trust_remote_code=trust_remote_code
+            path,
+            dtype=parse_dtype(dtype),
+            trust_remote_code=trust_remote_code,
+            **({"attn_implementation": implementation} if implementation else {}),
         )
         if gradient_checkpointing:
             backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -192,6 +201,11 @@ class Embedder(nn.Module):
         from sentence_transformers import SentenceTransformer
         from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
+        if self.attention != "causal":
+            raise NotImplementedError(
+                "a bidirectional embedder cannot be exported as a sentence-transformers folder: a plain "
+                "load would run it with causal attention (load it with Embedder(..., attention='bidirectional'))"
+            )
         path = Path(path)
         hf_dir = path / "_hf"
         self.merged_backbone().save_pretrained(hf_dir)
@@ -246,5 +260,6 @@ class Embedder(nn.Module):
             "document_instruction": self.instructions["document"],
             "max_length": self.max_length,
             "append_eos": self.append_eos,
+            "attention": self.attention,
             "lora": self.lora_config,
         }

