@@ -33,8 +33,10 @@ from retrieval.search import exact_top_k
 
 
 def _cached(name: str, key: Any, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, Any]:
-    """``compute()`` → dict of tensors, through the checksummed ``<cache>/rabtriever/<name>-<key>.pt``."""
-    return dict(cached_tensors(cache_root() / "rabtriever" / f"{name}-{cache_key(key)[:20]}.pt", compute))
+    """``compute()`` → dict of tensors, through the checksummed ``<cache>/rabtriever/<name>-<key>.checked``."""
+    return dict(
+        cached_tensors(cache_root() / "rabtriever" / f"{name}-{cache_key(key)[:20]}.checked", compute)
+    )
 
 
 class RerankEvaluation(L.Callback):

@@ -317,3 +317,16 @@ def test_reranker_sft_listwise_option_softmaxes_each_querys_group():
         assert sft.training_step(batch, 0).item() == pytest.approx(expected.item(), abs=1e-5)
     losses = sft_training_losses(sft, batch, steps=6)
     assert losses[-1] < losses[0]
+
+
+def test_stored_document_states_are_checksummed_and_recomputed_when_damaged(module, tmp_path, monkeypatch):
+    from lightning_modules.rabtriever.state_store import cached_document_states
+
+    monkeypatch.setenv("LSR_CACHE_DIR", str(tmp_path))
+    states, seconds = cached_document_states("tiny", module.lm, DOCUMENTS, 4, "fp32")
+    (path,) = (tmp_path / "rabtriever").glob("states-*.checked")
+    again, stored_seconds = cached_document_states("tiny", module.lm, DOCUMENTS, 4, "fp32")
+    assert torch.equal(again, states) and stored_seconds == seconds, "read back from the cache"
+    path.write_bytes(path.read_bytes()[:-16])  # a truncated copy
+    recomputed, _ = cached_document_states("tiny", module.lm, DOCUMENTS, 4, "fp32")
+    assert torch.allclose(recomputed, states) and path.exists(), "damage is detected and the entry rewritten"

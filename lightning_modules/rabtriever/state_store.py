@@ -66,13 +66,14 @@ def cached_document_states(
     show_progress: bool = False,
 ) -> tuple[torch.Tensor, float]:
     """:func:`compute_document_states` through the checksummed on-disk cache
-    (``<cache>/rabtriever/states-<key>.pt``; a damaged entry is recomputed).
+    (``<cache>/rabtriever/states-<key>.checked``; a damaged entry is recomputed; the suffix keeps the
+    older unchecked ``.pt`` files of earlier versions apart).
 
     Returns the states and the seconds their computation took (when they were computed, even if read back
     from the cache now): a one-off cost reported outside the training budget.
     """
     key = document_states_key(lm_name, relevance_lm, documents, precision)
-    path = cache_root() / "rabtriever" / f"states-{key}.pt"
+    path = cache_root() / "rabtriever" / f"states-{key}.checked"
 
     def compute() -> dict[str, torch.Tensor]:
         start = time.perf_counter()
