@@ -13,9 +13,11 @@ from typing import Any
 
 import lightning as L
 import yaml
+from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_modules.base import RetrieverModule
+from lightning_modules.fsdp import full_parameters
 
 METRIC_ORDER = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
 
@@ -226,16 +228,22 @@ def run_config(run_dir: str | Path) -> dict[str, Any] | None:
 
 
 class ExportEmbedder(L.Callback):
+    """Writes the trained embedder at the end of fit (rank 0). Under FSDP every rank first takes part in
+    gathering the embedder's full parameters (:func:`lightning_modules.fsdp.full_parameters`)."""
+
     def __init__(self, dirname: str = "export"):
         self.dirname = dirname
         self.path: Path | None = None
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if (
-            not trainer.is_global_zero
-            or not isinstance(pl_module, RetrieverModule)
-            or pl_module.embedder is None
-        ):
+        embedder = pl_module.embedder if isinstance(pl_module, RetrieverModule) else None
+        if embedder is None:
+            return
+        parameters = None
+        root = trainer.strategy.model
+        if isinstance(trainer.strategy, FSDPStrategy) and root is not None and root is not pl_module:
+            parameters = full_parameters(embedder, root)  # collective: every rank
+        if not trainer.is_global_zero:
             return
         self.path = Path(trainer.default_root_dir) / self.dirname
         card = model_card(
@@ -244,5 +252,5 @@ class ExportEmbedder(L.Callback):
             config=run_config(trainer.default_root_dir),
             mteb=last_mteb_record(trainer.default_root_dir),
         )
-        pl_module.export(self.path, model_card=card)
+        pl_module.export(self.path, model_card=card, parameters=parameters)
         rank_zero_info(f"exported the embedder to {self.path}")

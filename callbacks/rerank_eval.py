@@ -23,6 +23,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from datamodules.protocols import corpus_source, source_name
+from lightning_modules.distributed import call_through_strategy, max_over_ranks
 from lightning_modules.models.embedder import Embedder
 from lightning_modules.models.registry import resolve_model_path
 from lightning_modules.rabtriever.module import RabtrieverModule
@@ -32,11 +33,16 @@ from retrieval.metrics import evaluate_run
 from retrieval.search import exact_top_k
 
 
-def _cached(name: str, key: Any, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, Any]:
-    """``compute()`` → dict of tensors, through the checksummed ``<cache>/rabtriever/<name>-<key>.checked``."""
-    return dict(
-        cached_tensors(cache_root() / "rabtriever" / f"{name}-{cache_key(key)[:20]}.checked", compute)
-    )
+def _cached(
+    name: str, key: Any, compute: Callable[[], dict[str, torch.Tensor]], agree: bool = False
+) -> dict[str, Any]:
+    """``compute()`` → dict of tensors, through the checksummed ``<cache>/rabtriever/<name>-<key>.checked``.
+
+    ``agree``: use the entry only if every rank finds it intact (``compute`` runs collective LM passes under
+    FSDP: all ranks compute or none does)."""
+    path = cache_root() / "rabtriever" / f"{name}-{cache_key(key)[:20]}.checked"
+    every_rank = (lambda found: max_over_ranks(0 if found else 1) == 0) if agree else None
+    return dict(cached_tensors(path, compute, every_rank))
 
 
 class RerankEvaluation(L.Callback):
@@ -84,10 +90,18 @@ class RerankEvaluation(L.Callback):
                 "queries": query_ids,
                 "documents": cache_key(doc_ids)[:20],
             }
-            fixed = self._first_stage_and_teacher(pl_module, query_texts, doc_texts, data_key)
+            # under FSDP inside the wrapped forward, where the sharded LM is usable
+            fixed = call_through_strategy(
+                trainer, pl_module, self._first_stage_and_teacher, pl_module, query_texts, doc_texts, data_key
+            )
             self._fixed = self._with_metrics(fixed, query_ids, doc_ids, qrels)
+        candidates = self._fixed["first_stage"]["indices"]
         start = time.perf_counter()
-        student_run = self._student_rerank(pl_module, query_ids, query_texts, doc_ids, doc_texts)
+        student = call_through_strategy(
+            trainer, pl_module, student_rerank_scores, pl_module, query_texts, doc_texts, candidates
+        )
+        order = student.argsort(dim=1, descending=True, stable=True)
+        student_run = to_run(query_ids, doc_ids, student.gather(1, order), candidates.gather(1, order))
         metrics = {name: entry["metrics"] for name, entry in self._fixed.items()}
         metrics["student_rerank"] = evaluate_run(student_run, qrels)[0]
         seconds = {name: entry["seconds"] for name, entry in self._fixed.items()}
@@ -112,27 +126,6 @@ class RerankEvaluation(L.Callback):
             "seconds": 0.0,
         }
         return fixed
-
-    def _student_rerank(
-        self,
-        pl_module: RabtrieverModule,
-        query_ids: list[str],
-        query_texts: list[str],
-        doc_ids: list[str],
-        doc_texts: list[str],
-    ) -> dict[str, dict[str, float]]:
-        """The student's scores of the first stage's candidates, as a run."""
-        candidates = self._fixed["first_stage"]["indices"]
-        stored = pl_module.corpus_states(doc_texts)
-        with torch.no_grad():
-            query_states = pl_module.query_states(query_texts)
-            student = (
-                pl_module.student_scores(query_states[:, None], stored[candidates].to(pl_module.device))
-                .float()
-                .cpu()
-            )
-        order = student.argsort(dim=1, descending=True, stable=True)
-        return to_run(query_ids, doc_ids, student.gather(1, order), candidates.gather(1, order))
 
     def _record(
         self,
@@ -215,10 +208,23 @@ class RerankEvaluation(L.Callback):
                     "seconds": torch.tensor(time.perf_counter() - start),
                 }
 
-            fixed["teacher_rerank"] = _cached("teacher-rerank", teacher_key, teacher)
+            fixed["teacher_rerank"] = _cached(
+                "teacher-rerank", teacher_key, teacher, agree=pl_module.lm_is_sharded()
+            )
         for entry in fixed.values():
             entry["seconds"] = round(float(entry["seconds"]), 2)
         return fixed
+
+
+@torch.no_grad()
+def student_rerank_scores(
+    pl_module: L.LightningModule, query_texts: list[str], doc_texts: list[str], candidates: torch.Tensor
+) -> torch.Tensor:
+    """``[Q, k]`` student scores (CPU) of each query's first-stage ``candidates`` (corpus indices)."""
+    stored = pl_module.corpus_states(doc_texts)
+    query_states = pl_module.query_states(query_texts)
+    scores = pl_module.student_scores(query_states[:, None], stored[candidates].to(pl_module.device))
+    return scores.float().cpu()
 
 
 def to_run(

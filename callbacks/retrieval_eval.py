@@ -26,6 +26,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from callbacks.untrained_cache import read_untrained_score, write_untrained_score
 from datamodules.protocols import corpus_source, source_name
 from datamodules.records import RetrievalCorpus
+from lightning_modules.distributed import call_through_strategy
 from lightning_modules.protocols import CachesUntrainedScore, CorpusRetriever, TextEncoder
 from retrieval.cache import cache_key, write_json_atomically
 from retrieval.metrics import evaluate_run, ranked
@@ -179,21 +180,6 @@ def retrieve_top_k(
     )
     queries = encode_sharded(trainer, pl_module, "encode_queries", query_texts, show_progress)
     return exact_top_k(queries, documents, k, use_faiss=use_faiss)
-
-
-def call_through_strategy(trainer: L.Trainer, pl_module: L.LightningModule, method: str, *args: Any) -> Any:
-    """``pl_module.<method>(*args)``; under FSDP routed through the wrapped model's ``forward``.
-
-    FSDP gathers a unit's sharded parameters only inside ``forward``: a plain method call on the
-    LightningModule would see the root unit's parameters as flat shards. Lightning's own
-    training/validation steps use the same forward redirection.
-    """
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    strategy = trainer.strategy
-    if isinstance(strategy, FSDPStrategy) and strategy.model is not None and strategy.model is not pl_module:
-        return strategy._forward_redirection(strategy.model, pl_module, method, *args)
-    return getattr(pl_module, method)(*args)
 
 
 def shard_bounds(count: int, world_size: int, rank: int) -> tuple[int, int]:

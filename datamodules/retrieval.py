@@ -12,7 +12,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from datamodules.batch import Collator, RetrievalBatch, module_preparer, padded_codes
 from datamodules.beir import load_beir_folder, load_beir_from_hub
@@ -23,27 +23,40 @@ from datamodules.records import RetrievalCorpus, TrainExample
 from datamodules.train_examples import NEGATIVE_SOURCES, ExampleSettings, build_train_examples
 
 
-class EpochAwareSampler(Sampler):
+class EpochAwareSampler(DistributedSampler):
     """Yields ``(index, epoch)`` in a seeded per-epoch order; Lightning calls ``set_epoch``.
 
+    Across ``num_replicas`` ranks, rank ``r`` takes positions ``r, r + W, r + 2W, ...`` of the one global
+    order (cut to equal shares), so the ranks' batches of step ``k`` together are the single-process batch of
+    ``W × batch_size`` at step ``k``. It is a ``DistributedSampler`` so that Lightning uses it as it is:
+    Lightning would otherwise wrap it in a sampler that reshuffles the order with its own generator and
+    never passes the epoch on.
+
     Resumable mid-epoch: after :meth:`resume_at` ``(epoch, skip)`` the next iteration continues that
-    epoch's order after its first ``skip`` samples, exactly where an interrupted run stopped.
+    epoch's share after its first ``skip`` samples, exactly where an interrupted run stopped.
     """
 
-    def __init__(self, size: int, seed: int, shuffle: bool = True):
+    def __init__(self, size: int, seed: int, shuffle: bool = True, num_replicas: int = 1, rank: int = 0):
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
+        # DistributedSampler's own __init__ is not called: it needs a dataset and an initialised group
         self.size, self.seed, self.shuffle, self.epoch = size, seed, shuffle, 0
+        self.num_replicas, self.rank, self.drop_last = num_replicas, rank, True
+        self.num_samples = size // num_replicas
+        self.total_size = self.num_samples * num_replicas
         self._resume: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def resume_at(self, epoch: int, skip: int) -> None:
-        """Make the next iteration start ``skip`` samples into the order of ``epoch``."""
-        if not 0 <= skip <= self.size:
-            raise ValueError(f"cannot resume {skip} samples into an epoch of {self.size}")
+        """Make the next iteration start ``skip`` samples into this rank's share of ``epoch``."""
+        if not 0 <= skip <= self.num_samples:
+            raise ValueError(f"cannot resume {skip} samples into an epoch of {self.num_samples} (this rank)")
         self._resume = (epoch, skip)
 
     def order(self, epoch: int) -> list[int]:
+        """The global order of ``epoch`` (every rank computes the same one)."""
         order = list(range(self.size))
         if self.shuffle:
             random.Random(f"{self.seed}-{epoch}").shuffle(order)
@@ -54,10 +67,11 @@ class EpochAwareSampler(Sampler):
         if self._resume is not None:
             (epoch, skip), self._resume = self._resume, None
             self.epoch = epoch
-        return iter([(i, epoch) for i in self.order(epoch)[skip:]])
+        share = self.order(epoch)[self.rank : self.total_size : self.num_replicas]
+        return iter([(i, epoch) for i in share[skip:]])
 
     def __len__(self) -> int:
-        return self.size
+        return self.num_samples
 
 
 class GroupDataset(Dataset):
@@ -203,8 +217,11 @@ class RetrievalDataModule(L.LightningDataModule):
 
     def resumable_sampler(self, size: int) -> EpochAwareSampler:
         """The training sampler over ``size`` items whose position is saved in every checkpoint and restored
-        on resume, mid-epoch included (subclasses with their own ``train_dataloader`` should use it too)."""
-        self._sampler = EpochAwareSampler(size, self.seed)
+        on resume, mid-epoch included (subclasses with their own ``train_dataloader`` should use it too).
+        Under several ranks it is this rank's share of the one global order."""
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        self._sampler = EpochAwareSampler(size, self.seed, num_replicas=world, rank=rank)
         if self._resume_position is not None:
             epoch, batches_done, saved_size = self._resume_position
             if saved_size != size:  # the training data changed between attempts: positions mean nothing
@@ -213,13 +230,10 @@ class RetrievalDataModule(L.LightningDataModule):
                     stacklevel=2,
                 )
                 batches_done = 0
-            if batches_done >= size // self.batch_size:  # stopped after an epoch's last batch
+            share = self._sampler.num_samples
+            if batches_done >= share // self.batch_size:  # stopped after an epoch's last batch
                 epoch, batches_done = epoch + 1, 0
-            if self.trainer is not None and self.trainer.world_size > 1:
-                batches_done = (
-                    0  # Lightning re-wraps the sampler per rank: restart the interrupted epoch instead
-                )
-            self._sampler.resume_at(epoch, min(batches_done * self.batch_size, size))
+            self._sampler.resume_at(epoch, min(batches_done * self.batch_size, share))
             self._resume_position = None
         return self._sampler
 

@@ -20,7 +20,7 @@ from datamodules.errors import DataFormatError
 from datamodules.hub import HubTable, iter_rows
 from datamodules.jsonl import read_jsonl, require_field
 from datamodules.records import Query
-from datamodules.retrieval import EpochAwareSampler, RetrievalDataModule
+from datamodules.retrieval import RetrievalDataModule
 from retrieval.cache import build_dir_atomically, cache_root
 
 QUERY_SETS = {"nq_open": Path(__file__).resolve().parent / "data" / "nq_open" / "queries.jsonl"}
@@ -165,7 +165,7 @@ class UnlabeledQueryDataModule(RetrievalDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=EpochAwareSampler(len(dataset), self.seed),
+            sampler=self.resumable_sampler(len(dataset)),
             collate_fn=Collator(collate_queries, module_preparer(self.trainer)),
             num_workers=self.num_workers,
             drop_last=len(dataset) >= self.batch_size,

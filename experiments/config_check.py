@@ -279,14 +279,17 @@ def check_hardware(trainer: DictConfig) -> None:
     run the same check when the Trainer is built), so every trainer config, ``trainer=cpu`` included,
     is checked before any model is loaded; adds DeepSpeed, which needs GPUs as well.
     """
-    from experiments.trainer_checks import TrainerConfigError, check_trainer_options
+    from experiments.trainer_checks import CPU_CAPABLE_FSDP, TrainerConfigError, check_trainer_options
 
     strategy = trainer.get("strategy", "auto")
     if isinstance(
         strategy, DictConfig
     ):  # a strategy object from its _target_ (e.g. the project's FSDP strategy)
         target = str(strategy.get("_target_", "auto")).rsplit(".", 1)[-1].lower()
-        strategy = "fsdp" if "fsdp" in target else target.removesuffix("strategy")
+        if target == "retrieverfsdpstrategy":
+            strategy = CPU_CAPABLE_FSDP
+        else:
+            strategy = "fsdp" if "fsdp" in target else target.removesuffix("strategy")
     strategy = str(strategy)
     accelerator = str(trainer.get("accelerator", "auto")).lower()
     if "deepspeed" in strategy.lower() and (accelerator == "cpu" or not torch.cuda.is_available()):

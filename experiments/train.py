@@ -42,7 +42,11 @@ from experiments.run_dir import (
 )
 from experiments.stage_runner import run_stages
 from lightning_modules.base import NonFiniteLossError
-from lightning_modules.checkpoint_io import AtomicCheckpointIO, read_global_step
+from lightning_modules.checkpoint_io import (
+    AtomicCheckpointIO,
+    read_global_step,
+    sharded_checkpoint_candidates,
+)
 from lightning_modules.models.registry import ModelNotFoundError
 from retrieval.cache import write_json_atomically
 
@@ -68,10 +72,10 @@ def prepare_environment(cfg: DictConfig) -> None:
 
 def checkpoint_candidates(run_dir: Path) -> list[Path]:
     """``checkpoints/last.ckpt`` and SLURM's ``hpc_ckpt_N.ckpt`` (Lightning writes those to the run dir);
-    files, or folders for sharded FSDP checkpoints."""
-    return [
-        p for p in [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")] if p.exists()
-    ]
+    files, or folders for sharded FSDP checkpoints (with the complete folders a kill during a sharded
+    publish may have left next to them)."""
+    named = [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")]
+    return [p for p in named if p.exists()] + [c for p in named for c in sharded_checkpoint_candidates(p)]
 
 
 def resume_checkpoint(run_dir: Path, cfg: DictConfig) -> tuple[str, int] | None:

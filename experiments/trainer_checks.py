@@ -1,6 +1,6 @@
 """Build the Lightning ``Trainer`` after checking its hardware options against this machine.
 
-The multi-device trainer configs (``trainer=gpu|ddp|fsdp|ddp_spawn|ddp_cpu``) instantiate
+The multi-device trainer configs (``trainer=gpu|ddp|fsdp|ddp_spawn|ddp_cpu|fsdp_cpu``) instantiate
 :func:`checked_trainer` instead of ``lightning.pytorch.Trainer``, so an impossible combination fails at
 start-up with a sentence that names the config key and the fix, instead of deep inside a launcher or
 after every rank has loaded a 3B model.
@@ -15,7 +15,10 @@ import lightning as L
 import torch
 from lightning.pytorch.strategies import FSDPStrategy, Strategy
 
+from lightning_modules.fsdp import RetrieverFSDPStrategy
+
 GPU_ACCELERATORS = ("gpu", "cuda")
+CPU_CAPABLE_FSDP = "retriever_fsdp"
 
 
 class TrainerConfigError(ValueError):
@@ -23,9 +26,12 @@ class TrainerConfigError(ValueError):
 
 
 def strategy_name(strategy: str | Strategy) -> str:
-    """``"fsdp"``, ``"ddp"``, ``"ddp_spawn"``, ``"auto"``, ... for a strategy string or object."""
+    """``"fsdp"``, ``"retriever_fsdp"``, ``"ddp"``, ``"ddp_spawn"``, ``"auto"``, ... for a strategy string or
+    object (``retriever_fsdp``: the project's :class:`RetrieverFSDPStrategy`, which also runs on CPU)."""
     if isinstance(strategy, str):
         return strategy
+    if isinstance(strategy, RetrieverFSDPStrategy):
+        return CPU_CAPABLE_FSDP
     if isinstance(strategy, FSDPStrategy):
         return "fsdp"
     start_method = getattr(strategy, "_start_method", None)
@@ -77,9 +83,9 @@ def check_trainer_options(
         )
     if name.startswith("fsdp") and not on_gpu:
         raise TrainerConfigError(
-            f"trainer.strategy=fsdp needs CUDA GPUs (PyTorch FSDP shards parameters over accelerator devices), "
+            f"trainer.strategy={name} needs CUDA GPUs (Lightning's FSDPStrategy refuses other devices), "
             f"but trainer.accelerator={accelerator} and {cuda} GPU(s) are visible. "
-            "On CPU use trainer=ddp_cpu or trainer=ddp_spawn (DDP over gloo) instead."
+            "On CPU use trainer=fsdp_cpu (the project's FSDP strategy over gloo) or trainer=ddp_cpu instead."
         )
     wanted = requested_device_count(devices)
     if on_gpu and wanted is not None and wanted > cuda:

@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from datamodules.batch import BatchPreparer, RetrievalBatch
@@ -35,6 +36,25 @@ def state_dict_name(name: str) -> str:
     for segment in WRAPPER_SEGMENTS:
         name = name.replace(segment, "")
     return name
+
+
+def gradients_are_finite(grads: list[torch.Tensor]) -> bool:
+    """Whether every gradient on every rank is finite, with one host synchronisation per call.
+
+    One fused norm per tensor (``torch._foreach_norm``, per dtype), one flag, one all-reduce (MIN) across ranks when
+    distributed: under FSDP each rank holds a different shard, so the ranks must agree before one of them
+    skips or stops. A norm that overflows fp32 counts as non-finite (clipping could not rescue it either).
+    """
+    if not grads:
+        return True
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for grad in grads:
+        by_dtype.setdefault(grad.dtype, []).append(grad)
+    finite = [torch.stack(torch._foreach_norm(group)).isfinite().all() for group in by_dtype.values()]
+    flag = torch.stack(finite).all().to(torch.int32)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag)
 
 
 class RetrieverModule(L.LightningModule):
@@ -111,11 +131,33 @@ class RetrieverModule(L.LightningModule):
             **({"attention": self.embedder.attention} if self.embedder.attention != "causal" else {}),
         }
 
-    def export(self, path: str | Path, model_card: str | None = None) -> Path:
-        """Write the trained embedder as a plain HF / sentence-transformers folder."""
+    def export(
+        self,
+        path: str | Path,
+        model_card: str | None = None,
+        parameters: dict[str, torch.Tensor] | None = None,
+    ) -> Path:
+        """Write the trained embedder as a plain HF / sentence-transformers folder.
+
+        ``parameters``: the embedder's full parameters gathered from a sharded (FSDP) model; they are
+        loaded into a fresh, unwrapped copy of the embedder built from its configuration.
+        """
         if self.embedder is None:
             raise NotImplementedError(f"{type(self).__name__} has no embedder to export")
-        return self.embedder.save_pretrained(path, model_card=model_card)
+        embedder = self.embedder if parameters is None else self.unwrapped_embedder(parameters)
+        return embedder.save_pretrained(path, model_card=model_card)
+
+    def unwrapped_embedder(self, parameters: dict[str, torch.Tensor]) -> Embedder:
+        """A new :class:`Embedder` from ``hparams["embedder"]`` holding ``parameters`` (every one of them)."""
+        embedder = Embedder(**self.hparams["embedder"])
+        missing = set(dict(embedder.named_parameters())) - set(parameters)
+        unexpected = embedder.load_state_dict(parameters, strict=False).unexpected_keys
+        if missing or unexpected:
+            raise ValueError(
+                f"gathered embedder parameters do not fit the embedder: missing {sorted(missing)[:3]}, "
+                f"unexpected {sorted(unexpected)[:3]}"
+            )
+        return embedder
 
     # ---- loss bookkeeping -------------------------------------------------------------------------------
     def checked_loss(self, loss: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
@@ -133,8 +175,7 @@ class RetrieverModule(L.LightningModule):
         )
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if grads and not all(torch.isfinite(g).all() for g in grads):
+        if not gradients_are_finite([p.grad for p in self.parameters() if p.grad is not None]):
             if self.nan_policy == "skip":
                 optimizer.zero_grad(set_to_none=True)
                 self.skipped_batches += 1

@@ -1,40 +1,56 @@
-"""FSDP for retrievers that learn from a frozen LM: which modules become FSDP units, and the strategy.
+"""FSDP for retrievers that learn from a frozen LM: which modules become FSDP units, and the strategy
+(docs/scale.md). It runs on CUDA GPUs over NCCL and on CPU over gloo (``trainer=fsdp_cpu``, the tests).
 
-FSDP flattens the parameters of each unit into one buffer. A unit holding both frozen and trainable
-parameters either fails (``use_orig_params=False``) or allocates gradient and optimizer memory for the
-frozen part too. So the units are chosen from the model itself, at wrap time:
+FSDP flattens the parameters of each unit into one buffer of one dtype. A unit holding both frozen and
+trainable parameters either fails (``use_orig_params=False``) or allocates gradient and optimizer memory
+for the frozen part too. So the units are chosen from the model itself, at wrap time:
 
 - every transformer layer (transformers' ``GradientCheckpointingLayer``, or a class named in a model's
   ``_no_split_modules``): the frozen LM's decoder layers and the embedder's layers are always separate
   units, since no layer belongs to both models;
 - inside a layer whose parameters are partly frozen (LoRA), every leaf module whose parameters all
   train (the ``lora_A`` / ``lora_B`` adapters) becomes a unit of its own, leaving the layer frozen;
-- everything else (token embeddings, final norms, LM heads, tied weights, small method heads) stays
-  in the root unit, which FSDP gathers for the whole training step. Modules are only ever entered
-  through ``forward`` (FSDP gathers a unit's parameters there), so methods may call the embedder's
-  and the frozen LM's helpers freely.
+- everything else stays in the root unit, which FSDP gathers for the whole training step: its trainable
+  part (token embeddings of a fully trained embedder, special tokens, heads, a predictor) is sharded, its
+  frozen part (the frozen LM's embeddings, final norm and LM head) is replicated on every rank
+  (``ignored_states``), so a bf16 frozen LM may sit next to fp32 trainable parameters. Code outside a
+  training or validation step enters the model through the wrapped ``forward``
+  (:func:`lightning_modules.distributed.call_through_strategy`), where FSDP gathers the root unit.
 
 Activation checkpointing wraps the chosen layers after sharding (``embedder``, ``frozen_lm`` or
 ``all``: gradients flow through the frozen LM's activations in DREAM and LLM2Vec-Gen, so its layers
-are worth recomputing too). Checkpoints are sharded (``state_dict_type="sharded"``): every rank writes
-its own shard into a checkpoint *directory*, which the same Lightning code resumes from. Such a directory
-is read back with ``torch.distributed.checkpoint``, which needs every tensor the model holds, so the
-frozen shards are written too (each rank 1/world of them), unlike single-file checkpoints, where
-``RetrieverModule`` keeps only the trained parameters and reloads the rest by name.
+are worth recomputing too); the models holding them stop building implicit key/value caches, which a
+recompute would extend twice. Checkpoints are sharded (``state_dict_type="sharded"``): every rank writes
+its own shard into a checkpoint *directory*, staged and renamed into place once complete, which the same
+Lightning code resumes from. Such a directory is read back with ``torch.distributed.checkpoint``, which
+needs every tensor the model holds, so the frozen tensors are written too, unlike single-file checkpoints,
+where ``RetrieverModule`` keeps only the trained parameters and reloads the rest by name.
 """
 
 from __future__ import annotations
 
+import shutil
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+from lightning.fabric.strategies.fsdp import _setup_activation_checkpointing
+from lightning.pytorch.plugins.precision import FSDPPrecision, Precision
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
+from torch.distributed.fsdp.wrap import CustomPolicy
 from transformers import PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from lightning_modules.base import FROZEN_PREFIX
+from lightning_modules.checkpoint_io import (
+    publish_sharded_checkpoint,
+    save_sharded_state,
+    staging_path,
+)
+from lightning_modules.fsdp_precision import RetrieverFSDPPrecision
 
 CHECKPOINTING_CHOICES = ("none", "embedder", "frozen_lm", "all")
 
@@ -123,14 +139,70 @@ def checkpointed_layers(model: nn.Module, which: str) -> dict[str, nn.Module]:
     return layers
 
 
+def root_parameters(model: nn.Module, unit_names: set[str]) -> dict[str, nn.Parameter]:
+    """``{name: parameter}`` of the parameters no unit holds (the root unit's, before any are ignored)."""
+    parameters = dict(model.named_parameters())
+    owner = unit_of_each_parameter(model, unit_names)
+    return {name: parameters[name] for name, unit in owner.items() if not unit}
+
+
+def replicated_parameters(model: nn.Module, unit_names: set[str]) -> list[nn.Parameter]:
+    """The frozen parameters of the root unit: FSDP ignores them, every rank keeps a full copy.
+
+    The root unit is gathered for the whole training step anyway, so keeping its frozen part whole costs
+    no peak memory, and it lets that part keep its own dtype (a bf16 frozen LM's token embeddings next to
+    fp32 special tokens or heads: one FlatParameter needs one dtype). Raises when the *trainable*
+    parameters of the root mix dtypes, naming them.
+    """
+    root = root_parameters(model, unit_names)
+    trainable_dtypes: dict[torch.dtype, list[str]] = {}
+    for name, parameter in root.items():
+        if parameter.requires_grad:
+            trainable_dtypes.setdefault(parameter.dtype, []).append(name)
+    if len(trainable_dtypes) > 1:
+        listing = "; ".join(f"{dtype}: {', '.join(names[:3])}" for dtype, names in trainable_dtypes.items())
+        raise ValueError(
+            f"FSDP: the trainable parameters outside the transformer layers mix dtypes ({listing}); "
+            "load them in one dtype (e.g. model.embedder.dtype=float32)"
+        )
+    return [parameter for parameter in root.values() if not parameter.requires_grad]
+
+
+def disable_implicit_caches(model: nn.Module, layer_names: set[str]) -> list[str]:
+    """Set ``config.use_cache = False`` on every transformers model holding one of ``layer_names``.
+
+    A decoder called without ``use_cache=False`` builds a key/value cache and appends each layer's keys
+    to it; when activation checkpointing recomputes that layer in backward, it appends them again and
+    the attention sees twice the keys. Passes that want a cache still ask for one explicitly (DREAM's
+    document prefix, whose cache is read-only afterwards: :class:`~lightning_modules.dream.lm_passes.DocumentPrefixCache`).
+    Returns the names of the models changed.
+    """
+    changed = []
+    for name, module in model.named_modules():
+        if not isinstance(module, PreTrainedModel) or not getattr(module.config, "use_cache", False):
+            continue
+        if any(layer.startswith(f"{name}." if name else "") for layer in layer_names):
+            module.config.use_cache = False
+            changed.append(name)
+    return changed
+
+
 class RetrieverFSDPStrategy(FSDPStrategy):
-    """Lightning's ``FSDPStrategy`` with the units of :func:`fsdp_units` and sharded checkpoints.
+    """Lightning's ``FSDPStrategy`` with the units of :func:`fsdp_units`, on GPUs or on CPU (gloo).
+
+    Beyond the parent class: the frozen root parameters are replicated (:func:`replicated_parameters`);
+    ``*-mixed`` precision autocasts on the rank's device and casts no parameter or buffer, and gradient
+    clipping by norm works (:mod:`lightning_modules.fsdp_precision`); a LightningModule is wrapped once,
+    so ``trainer.validate`` before ``trainer.fit`` leaves fit a root FSDP unit that all-reduces the root's
+    trainable parameters (Lightning would otherwise see wrapped layers and skip the root, #19015); sharded
+    checkpoints are written to a staging folder and renamed into place once complete
+    (:func:`lightning_modules.checkpoint_io.publish_sharded_checkpoint`).
 
     Args:
         activation_checkpointing_layers: ``none``, ``embedder``, ``frozen_lm`` or ``all``.
         state_dict_type: ``sharded`` (default: one shard per rank, no rank gathers the full model) or ``full``.
-        **kwargs: any other ``FSDPStrategy`` argument (``sharding_strategy``, ``cpu_offload``, ...).
-            Mixed precision follows ``trainer.precision`` (``bf16-mixed``: bf16 compute, fp32 master weights).
+        **kwargs: any other ``FSDPStrategy`` argument (``sharding_strategy``, ``cpu_offload``,
+            ``process_group_backend``, ...).
     """
 
     def __init__(
@@ -150,18 +222,23 @@ class RetrieverFSDPStrategy(FSDPStrategy):
             )
         super().__init__(state_dict_type=state_dict_type, **kwargs)
         self.activation_checkpointing_layers = activation_checkpointing_layers
+        self._wrapped: tuple[int, nn.Module] | None = None  # (id of the LightningModule, its FSDP root)
 
-    def setup_environment(self) -> None:
-        if self.root_device.type != "cuda":
-            raise RuntimeError(
-                f"FSDP needs CUDA GPUs but this rank's device is '{self.root_device}'. "
-                "On CPU use trainer=ddp_cpu or trainer=ddp_spawn (DDP over gloo)."
-            )
-        super().setup_environment()
+    @property
+    def precision_plugin(self) -> FSDPPrecision:
+        return FSDPStrategy.precision_plugin.fget(self)
+
+    @precision_plugin.setter
+    def precision_plugin(self, plugin: Precision | None) -> None:
+        if plugin is not None and type(plugin) is FSDPPrecision:  # what Lightning's connector creates
+            plugin = RetrieverFSDPPrecision(plugin.precision)
+        FSDPStrategy.precision_plugin.fset(self, plugin)
 
     def _setup_model(self, model: nn.Module) -> nn.Module:
-        from torch.distributed.fsdp.wrap import CustomPolicy
+        from torch.distributed.fsdp import FullyShardedDataParallel
 
+        if self._wrapped is not None and self._wrapped[0] == id(model):
+            return self._wrapped[1]  # validate before fit: keep the one root unit
         units = fsdp_units(model)
         mixed = mixed_units(model, set(units))
         if mixed:  # legal with use_orig_params=True, but the frozen part then gets gradient memory too
@@ -169,22 +246,79 @@ class RetrieverFSDPStrategy(FSDPStrategy):
                 f"{len(mixed)} FSDP unit(s) mix frozen and trainable parameters (gradient memory is allocated "
                 f"for the frozen ones): {', '.join(mixed[:5])}"
             )
+        replicated = replicated_parameters(model, set(units))
+        device = self.root_device
+        for parameter in replicated:  # FSDP leaves ignored parameters where they are
+            parameter.data = parameter.data.to(device)
         wrap_ids = {id(module) for module in units.values()}
-        self.kwargs["auto_wrap_policy"] = CustomPolicy(lambda module: id(module) in wrap_ids)
-        checkpointed = {
-            id(m) for m in checkpointed_layers(model, self.activation_checkpointing_layers).values()
-        }
-        self._activation_checkpointing_kwargs = (
-            {"check_fn": lambda module: id(module) in checkpointed} if checkpointed else {}
+        wrapped = FullyShardedDataParallel(
+            module=model,
+            cpu_offload=self.cpu_offload,
+            mixed_precision=self.mixed_precision_config,
+            sharding_strategy=self.sharding_strategy,
+            device_id=device if device.type == "cpu" else device.index,
+            auto_wrap_policy=CustomPolicy(lambda module: id(module) in wrap_ids),
+            ignored_states=replicated or None,
+            **self.kwargs,
         )
-        return super()._setup_model(model)
+        chosen = checkpointed_layers(model, self.activation_checkpointing_layers)
+        if chosen:
+            disable_implicit_caches(model, set(chosen))
+            checkpointed = {id(m) for m in chosen.values()}
+            _setup_activation_checkpointing(wrapped, {"check_fn": lambda module: id(module) in checkpointed})
+        plugin = self.precision_plugin
+        if isinstance(plugin, RetrieverFSDPPrecision):
+            plugin.device_type, plugin.root_module = device.type, wrapped
+        self._wrapped = (id(model), wrapped)
+        return wrapped
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], filepath: str | Path, storage_options: Any | None = None
     ) -> None:
-        """Put the frozen shards back into a sharded checkpoint (see the module docstring)."""
-        if self._state_dict_type == "sharded" and "state_dict" in checkpoint:
-            full = self.lightning_module_state_dict()
-            frozen = {k: v for k, v in full.items() if k not in checkpoint["state_dict"]}
-            checkpoint["state_dict"] = {**frozen, **checkpoint["state_dict"]}
-        super().save_checkpoint(checkpoint, filepath, storage_options)
+        """Sharded: every rank writes its shard into a staging folder, rank 0 adds the metadata and a
+        completion marker and renames the folder into place; a kill at any moment leaves the previous
+        complete checkpoint (see :mod:`lightning_modules.checkpoint_io`). ``full``: Lightning's own."""
+        if self._state_dict_type != "sharded":
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        if storage_options is not None:
+            raise TypeError("RetrieverFSDPStrategy.save_checkpoint does not take storage_options")
+        path = Path(self.broadcast(str(filepath)))
+        # torch.distributed.checkpoint loads exactly the tensors the model holds: what the module dropped
+        # from its state dict (the frozen LM, a teacher) goes back in
+        state = {"model": {**self.lightning_module_state_dict(), **checkpoint.pop("state_dict")}}
+        state.update({f"optimizer_{i}": s for i, s in enumerate(checkpoint.pop("optimizer_states", []))})
+        staging = staging_path(path)
+        if self.is_global_zero:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        self.barrier("sharded_checkpoint_staging")
+        save_sharded_state(state, staging)
+        self.barrier("sharded_checkpoint_written")
+        if self.is_global_zero:
+            publish_sharded_checkpoint(staging, path, checkpoint)
+        self.barrier("sharded_checkpoint_published")
+
+
+def full_parameters(module: nn.Module, wrapped_root: nn.Module) -> dict[str, torch.Tensor] | None:
+    """Every rank must call this: the full parameters of ``module`` (a part of the FSDP-wrapped model),
+    on CPU, named as in an unwrapped module; on rank 0 (``None`` on the others).
+
+    Only the root unit and the units inside ``module`` are gathered (``summon_full_params(rank0_only=True)``,
+    on rank 0's device, then copied to its host memory), so the frozen LM is never materialised for an
+    export of the embedder.
+    """
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.fsdp._common_utils import clean_tensor_name
+
+    units = [wrapped_root, *(m for m in module.modules() if isinstance(m, FullyShardedDataParallel))]
+    rank0 = torch.distributed.get_rank() == 0
+    with ExitStack() as stack:
+        for unit in units:
+            stack.enter_context(
+                FullyShardedDataParallel.summon_full_params(
+                    unit, recurse=False, writeback=False, rank0_only=True
+                )
+            )
+        if not rank0:
+            return None
+        return {clean_tensor_name(n): p.detach().cpu().clone() for n, p in module.named_parameters()}

@@ -262,9 +262,17 @@ def load_checked_tensors(path: Path) -> Any | None:
         return None
 
 
-def cached_tensors(path: Path, compute: Callable[[], Any]) -> Any:
-    """Load the checked entry at ``path``, or ``compute()`` it, store it and return it."""
+def cached_tensors(
+    path: Path, compute: Callable[[], Any], every_rank: Callable[[bool], bool] | None = None
+) -> Any:
+    """Load the checked entry at ``path``, or ``compute()`` it, store it and return it.
+
+    ``every_rank``: given whether this process found an intact entry, whether every process of a
+    distributed run did; if not, all of them compute (``compute`` may hold collective operations).
+    """
     value = load_checked_tensors(path)
+    if every_rank is not None and not every_rank(value is not None):
+        value = None
     if value is None:
         value = compute()
         save_checked_tensors(path, value)

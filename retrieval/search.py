@@ -43,7 +43,8 @@ def exact_top_k(
     """Scores and indices ``[Q, k]`` of the best documents for each query, by inner product.
 
     ``use_faiss`` uses a faiss ``IndexFlatIP`` (exact, faster on large corpora); the torch path processes
-    queries in chunks so memory stays ``chunk × N``.
+    queries in chunks so memory stays ``chunk × N``, in float32 even inside a bf16 autocast region (a bf16
+    matmul rounds cosines to 2⁻⁸, enough to reorder close documents).
     """
     k = min(k, documents.shape[0])
     if use_faiss:
@@ -55,15 +56,12 @@ def exact_top_k(
         return torch.from_numpy(scores), torch.from_numpy(indices).long()
     all_scores, all_indices = [], []
     corpus = documents.float()
-    for start in range(0, queries.shape[0], chunk):
-        block = queries[start : start + chunk].float()
-        scores, indices = top_k_in_blocks(
-            lambda s, e, q=block: q @ corpus[s:e].T,
-            block.shape[0],
-            corpus.shape[0],
-            k,
-            max(corpus.shape[0], 1),
-        )
-        all_scores.append(scores)
-        all_indices.append(indices)
+    with torch.autocast(device_type=corpus.device.type, enabled=False):  # fp32 scores under bf16 training too
+        for start in range(0, queries.shape[0], chunk):
+            block = queries[start : start + chunk].float()
+            scores, indices = top_k_in_blocks(
+                lambda s, e, q=block: q @ corpus[s:e].T, len(block), len(corpus), k, max(len(corpus), 1)
+            )
+            all_scores.append(scores)
+            all_indices.append(indices)
     return torch.cat(all_scores), torch.cat(all_indices)

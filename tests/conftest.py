@@ -44,14 +44,3 @@ def tiny_bert_path() -> str:
     from lightning_modules.models.registry import resolve_model_path
 
     return resolve_model_path("tiny-bert")
-
-
-requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-def has_flash_attn() -> bool:
-    try:
-        import flash_attn  # noqa: F401
-    except ImportError:
-        return False
-    return torch.cuda.is_available()

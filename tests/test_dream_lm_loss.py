@@ -97,3 +97,38 @@ def test_block_diagonal_documents_do_not_see_each_other(model, tokenizer):
     changed = inputs.input_ids.clone()
     changed[row, first] = 8
     assert torch.allclose(hidden(inputs.input_ids), hidden(changed), atol=1e-6)
+
+
+def test_recomputed_layers_reuse_the_document_cache_without_growing_it(tokenizer):
+    """Activation checkpointing (non-reentrant, as FSDP applies it) recomputes each decoder layer in backward.
+    The suffix pass must not append its keys to the document cache, or the recompute sees ``P + 2S`` keys."""
+    import copy
+
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    from lightning_modules.dream.attention import DREAM_SDPA, register_dream_attention
+    from lightning_modules.dream.lm_passes import DocumentPrefixCache, encode_documents_prefix
+    from lightning_modules.fsdp import disable_implicit_caches
+    from lightning_modules.models.tiny import tiny_model
+
+    register_dream_attention()
+    plain = tiny_model("llama", vocab_size=len(tokenizer), tokenizer=tokenizer)
+    plain.set_attn_implementation(DREAM_SDPA)
+    plain.eval().requires_grad_(False)
+    checkpointed = copy.deepcopy(plain)
+    layers = {n for n, m in checkpointed.named_modules() if isinstance(m, GradientCheckpointingLayer)}
+    assert disable_implicit_caches(checkpointed, layers) == [""]
+    apply_activation_checkpointing(checkpointed, check_fn=lambda m: isinstance(m, GradientCheckpointingLayer))
+    inputs = make_inputs(tokenizer)
+    results = []
+    for lm in (plain, checkpointed):
+        cosines = torch.tensor([[0.9, 0.1, -0.5], [0.0, 0.8, 0.2]], requires_grad=True)
+        key_bias = key_position_bias(document_bias(cosines, 0.1), inputs.document_index)
+        loss = dream_lm_loss(lm, inputs, key_bias, {0: (1, 2), 1: (0, 1, 2, 3)}).loss
+        loss.backward()
+        results.append((loss.detach(), cosines.grad.clone()))
+    torch.testing.assert_close(results[1][0], results[0][0])
+    torch.testing.assert_close(results[1][1], results[0][1])
+    cache = encode_documents_prefix(checkpointed, inputs)
+    assert isinstance(cache, DocumentPrefixCache) and cache.get_seq_length() == inputs.context_length

@@ -1,5 +1,5 @@
 """Scale-out configuration without a cluster: trainer configs and their hardware checks, FSDP units,
-the rendered sbatch script, and W&B sweep files against the Hydra config. GPU-only checks are marked."""
+the rendered sbatch script, and W&B sweep files against the Hydra config (FSDP training itself: test_scale_fsdp.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import subprocess
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.pytorch.plugins.precision import FSDPPrecision
 
 from experiments import CONFIG_DIR
 from experiments.slurm import main as slurm_main
@@ -27,8 +27,7 @@ from lightning_modules.fsdp import (
     mixed_units,
     transformer_layers,
 )
-
-requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+from lightning_modules.fsdp_precision import RetrieverFSDPPrecision
 
 
 def composed(overrides: list[str]):
@@ -37,7 +36,7 @@ def composed(overrides: list[str]):
 
 
 # ---- trainer configs and hardware checks -----------------------------------------------------------------
-@pytest.mark.parametrize("name", ["gpu", "ddp", "fsdp", "ddp_spawn", "ddp_cpu"])
+@pytest.mark.parametrize("name", ["gpu", "ddp", "fsdp", "ddp_spawn", "ddp_cpu", "fsdp_cpu"])
 def test_every_trainer_config_composes_with_the_checked_factory(name):
     cfg = composed([f"trainer={name}"])
     assert cfg.trainer._target_ == "experiments.trainer_checks.checked_trainer"
@@ -56,12 +55,15 @@ def test_checked_trainer_exposes_the_trainer_keys_to_config_checks():
     )
 
 
-def test_fsdp_on_this_cpu_machine_is_refused_before_any_process_starts():
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
-    cfg = composed(["trainer=fsdp", "trainer.accelerator=cpu", "trainer.precision=32-true"])
-    with pytest.raises(InstantiationException, match="TrainerConfigError.*fsdp needs CUDA GPUs.*ddp_cpu"):
-        instantiate(cfg.trainer)
+def test_lightnings_own_fsdp_on_cpu_is_refused_and_fsdp_cpu_is_built():
+    """Lightning's ``FSDPStrategy`` refuses non-CUDA devices; the project's strategy runs on CPU over gloo."""
+    with pytest.raises(TrainerConfigError, match="trainer.strategy=fsdp needs CUDA GPUs.*trainer=fsdp_cpu"):
+        check_trainer_options(accelerator="cpu", devices=2, strategy="fsdp", cuda_devices=0)
+    cfg = composed(["trainer=fsdp_cpu"])
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    assert isinstance(trainer.strategy, RetrieverFSDPStrategy)
+    assert trainer.strategy.root_device.type == "cpu" and trainer.num_devices == 2
+    assert isinstance(trainer.strategy.precision_plugin, RetrieverFSDPPrecision)
 
 
 def test_hardware_checks_name_the_key_and_the_fix():
@@ -80,10 +82,21 @@ def test_hardware_checks_name_the_key_and_the_fix():
     check_trainer_options(accelerator="cpu", devices=2, strategy="ddp_spawn", cuda_devices=0)
 
 
-def test_fsdp_strategy_refuses_a_cpu_rank():
-    strategy = RetrieverFSDPStrategy(parallel_devices=[torch.device("cpu")])
-    with pytest.raises(RuntimeError, match="FSDP needs CUDA GPUs but this rank's device is 'cpu'"):
-        strategy.setup_environment()
+def test_fsdp_precision_autocasts_on_the_device_and_casts_no_parameter_or_buffer():
+    """Lightning's plugin would cast every parameter *and buffer* (RoPE ``inv_freq``) to bf16 under
+    ``bf16-mixed``, and the whole model to fp32 under ``32-true``; and it refuses clipping by norm."""
+    strategy = RetrieverFSDPStrategy()
+    strategy.precision_plugin = FSDPPrecision("bf16-mixed")  # what Lightning's connector hands over
+    plugin = strategy.precision_plugin
+    assert isinstance(plugin, RetrieverFSDPPrecision) and plugin.mixed_precision_config is None
+    plugin.device_type = "cpu"
+    with plugin.forward_context():
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+    frozen = torch.nn.Linear(2, 2).to(torch.bfloat16)
+    assert RetrieverFSDPPrecision("32-true").convert_module(frozen).weight.dtype == torch.bfloat16
+    assert FSDPPrecision("32-true").convert_module(frozen).weight.dtype == torch.float32  # Lightning's
+    with pytest.raises(RuntimeError, match="before the FSDP strategy wrapped the model"):
+        plugin.clip_grad_by_norm(None, 1.0)
     with pytest.raises(ValueError, match="activation_checkpointing_layers must be one of"):
         RetrieverFSDPStrategy(activation_checkpointing_layers="half")
 
@@ -266,56 +279,6 @@ def test_trial_command_passes_parameters_as_overrides():
         "exp=default",
     ]
     assert "logger=wandb" not in trial_command(["exp=default", "logger=csv"], {})  # an explicit choice stays
-
-
-# ---- GPU only ----------------------------------------------------------------------------------------------
-@pytest.mark.gpu
-@requires_gpu
-def test_fsdp_bf16_trains_and_writes_a_sharded_checkpoint(tmp_path):
-    import lightning as L
-
-    from datamodules.retrieval import RetrievalDataModule
-    from lightning_modules.contrastive.module import ContrastiveModule
-    from lightning_modules.models.registry import resolve_model_path
-
-    module = ContrastiveModule(
-        embedder={"name_or_path": resolve_model_path("tiny-llama"), "pooling": "mean", "max_length": 32}
-    )
-    trainer = L.Trainer(
-        accelerator="gpu",
-        devices=1,
-        precision="bf16-mixed",
-        max_steps=2,
-        logger=False,
-        limit_val_batches=0,
-        strategy=RetrieverFSDPStrategy(activation_checkpointing_layers="embedder"),
-        default_root_dir=str(tmp_path),
-        enable_checkpointing=False,
-    )
-    trainer.fit(module, datamodule=RetrievalDataModule(tiny=True, batch_size=2, group_size=2))
-    assert trainer.global_step == 2
-    assert torch.isfinite(trainer.callback_metrics["train/loss"])
-    trainer.save_checkpoint(tmp_path / "sharded.ckpt")
-    assert (tmp_path / "sharded.ckpt").is_dir()  # one shard per rank, not a single gathered file
-
-
-@pytest.mark.gpu
-@requires_gpu
-def test_flash_attention_matches_sdpa_on_the_tiny_llama():
-    pytest.importorskip("flash_attn")
-    from transformers import AutoModelForCausalLM
-
-    from lightning_modules.models.registry import resolve_model_path
-
-    path = resolve_model_path("tiny-llama")
-    ids = torch.randint(5, 100, (2, 16), device="cuda")
-    outputs = {}
-    for implementation in ("sdpa", "flash_attention_2"):
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch.bfloat16, attn_implementation=implementation
-        ).cuda()
-        outputs[implementation] = model(input_ids=ids).logits.float()
-    torch.testing.assert_close(outputs["flash_attention_2"], outputs["sdpa"], atol=2e-2, rtol=2e-2)
 
 
 # ---- multi-task homogeneous batches across ranks ---------------------------------------------------------

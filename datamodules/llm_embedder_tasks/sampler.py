@@ -70,6 +70,13 @@ class HomogeneousTaskBatchSampler(Sampler[list[BatchKey]]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    @property
+    def sampler(self) -> HomogeneousTaskBatchSampler:
+        """Itself. Lightning's ``_set_sampler_epoch`` calls ``set_epoch`` on ``loader.sampler`` and on
+        ``loader.batch_sampler.sampler`` only; without this attribute every epoch would replay epoch 0's
+        order, and the examples a large task does not reach in one epoch would never be drawn."""
+        return self
+
     def _permutation(self, task: str, round_: int) -> list[int]:
         order = list(range(self.task_sizes[task]))
         random.Random(f"{self.seed}-{self.epoch}-{task}-{round_}").shuffle(order)

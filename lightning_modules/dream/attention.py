@@ -1,7 +1,7 @@
 """DREAM's attention function, registered with transformers' ``AttentionInterface`` (no modeling fork).
 
-``dream_sdpa`` (and ``dream_flash`` when flash-attn is installed) behave exactly like transformers' stock
-``sdpa`` (``flash_attention_2``) attention, except in the layers named by the forward kwarg
+``dream_sdpa`` and ``dream_fa2`` behave exactly like transformers' stock ``sdpa`` and ``flash_attention_2``
+attention, except in the layers named by the forward kwarg
 ``dream_bias``: there, the selected heads add the per-key-position bias of :class:`DreamBias` to the
 attention logits of every query position at or after ``DreamBias.context_length`` (the positions after
 the documents); the other heads of that layer run plain SDPA under the same mask.
@@ -29,7 +29,9 @@ from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_f
 from transformers.masking_utils import flash_attention_mask, sdpa_mask
 
 DREAM_SDPA = "dream_sdpa"
-DREAM_FLASH = "dream_flash"
+# no "flash" in the name: transformers treats any implementation whose name contains "flash" as a request
+# for its own flash kernels (is_flash_attention_requested) and tries to import one by that name at load
+DREAM_FLASH = "dream_fa2"
 
 
 @dataclass(frozen=True)
@@ -50,11 +52,10 @@ class DreamBias:
 
 
 def flash_attn_available() -> bool:
-    try:
-        import flash_attn  # noqa: F401
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
+    """transformers' own check: the ``flash-attn`` 2 distribution (>= 2.3.3) and a CUDA (or MLU/MUSA) device."""
+    from transformers import modeling_flash_attention_utils
+
+    return modeling_flash_attention_utils.is_flash_attn_2_available()
 
 
 def _allowed_keys(
@@ -161,7 +162,7 @@ class _AsFlashAttention2:
     """The attention module as transformers' ``flash_attention_forward`` must see it.
 
     That function looks the flash kernel up by ``module.config._attn_implementation``, which here is our
-    own name (``dream_flash``); this view reports ``flash_attention_2`` and forwards everything else.
+    own name (``dream_fa2``); this view reports ``flash_attention_2`` and forwards everything else.
     """
 
     def __init__(self, module: torch.nn.Module):
@@ -180,28 +181,24 @@ def stock_flash_attention(module: torch.nn.Module, *args, **kwargs):
 
 
 def register_dream_attention() -> list[str]:
-    """Register ``dream_sdpa`` (always) and ``dream_flash`` (flash-attn + CUDA); return the names."""
+    """Register ``dream_sdpa`` and ``dream_fa2`` (flash-attn is imported only when a layer runs); return
+    the names."""
     AttentionInterface.register(DREAM_SDPA, dream_attention_forward)
     AttentionMaskInterface.register(DREAM_SDPA, sdpa_mask)
-    names = [DREAM_SDPA]
-    if flash_attn_available():
-        from transformers.integrations.flash_attention import flash_attention_forward
-
-        AttentionInterface.register(
-            DREAM_FLASH, functools.partial(dream_attention_forward, stock=flash_attention_forward)
-        )
-        AttentionMaskInterface.register(DREAM_FLASH, flash_attention_mask)
-        names.append(DREAM_FLASH)
-    return names
+    AttentionInterface.register(
+        DREAM_FLASH, functools.partial(dream_attention_forward, stock=stock_flash_attention)
+    )
+    AttentionMaskInterface.register(DREAM_FLASH, flash_attention_mask)
+    return [DREAM_SDPA, DREAM_FLASH]
 
 
 def attention_name(backend: str) -> str:
-    """``sdpa`` → ``dream_sdpa``; ``flash`` → ``dream_flash`` (needs flash-attn and a GPU)."""
-    names = register_dream_attention()
+    """``sdpa`` → ``dream_sdpa``; ``flash`` → ``dream_fa2`` (needs flash-attn and a GPU: :func:`flash_attn_available`)."""
+    register_dream_attention()
     wanted = {"sdpa": DREAM_SDPA, "flash": DREAM_FLASH}.get(backend)
     if wanted is None:
         raise ValueError(f"DREAM attention backend must be 'sdpa' or 'flash', got '{backend}'")
-    if wanted not in names:
+    if wanted == DREAM_FLASH and not flash_attn_available():
         raise RuntimeError(
             "attention backend 'flash' needs the flash-attn package and a CUDA GPU; use 'sdpa'"
         )

@@ -6,15 +6,39 @@ from __future__ import annotations
 import copy
 
 import torch
-from transformers import PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel
 
 from lightning_modules.dream.attention import DreamBias
 from lightning_modules.dream.inputs import DreamInputs, block_diagonal_mask
 
 
+class DocumentPrefixCache(DynamicCache):
+    """The documents' key/value cache: filled by the prefix pass, then read-only.
+
+    Once :meth:`freeze` is called, ``update`` returns ``cache ++ new`` without storing ``new``: a suffix
+    pass reads the documents' keys and values and leaves the cache as it found it. So the same cache can
+    serve several suffix passes, and activation checkpointing may recompute a decoder layer in backward
+    (the recompute would otherwise append the suffix a second time: ``P + 2S`` keys against a ``P + S`` mask).
+    """
+
+    read_only = False
+
+    def freeze(self) -> DocumentPrefixCache:
+        self.read_only = True
+        return self
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        if not self.read_only:
+            return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        layer = self.layers[layer_idx]
+        return torch.cat([layer.keys, key_states], dim=-2), torch.cat([layer.values, value_states], dim=-2)
+
+
 @torch.no_grad()
-def encode_documents_prefix(model: PreTrainedModel, inputs: DreamInputs, block_diagonal: bool = False):
-    """Run the document prefix once without gradient; return its key/value cache.
+def encode_documents_prefix(
+    model: PreTrainedModel, inputs: DreamInputs, block_diagonal: bool = False
+) -> DocumentPrefixCache:
+    """Run the document prefix once without gradient; return its (read-only) key/value cache.
 
     Exact: the DREAM bias only touches query positions after the documents, so the prefix's keys and
     values do not depend on the retriever scores.
@@ -29,10 +53,11 @@ def encode_documents_prefix(model: PreTrainedModel, inputs: DreamInputs, block_d
         input_ids=inputs.input_ids[:, prefix],
         attention_mask=mask,
         position_ids=inputs.position_ids[:, prefix],
+        past_key_values=DocumentPrefixCache(config=model.config),
         use_cache=True,
         logits_to_keep=1,
     )
-    return output.past_key_values
+    return output.past_key_values.freeze()
 
 
 def suffix_logits(
@@ -45,7 +70,7 @@ def suffix_logits(
 ) -> torch.Tensor:
     """Logits ``[B, S, V]`` of the positions after the documents under the DREAM bias ``key_bias [B, P]``.
 
-    With ``document_cache`` (from :func:`encode_documents_prefix`; it is consumed) only prompt and target
+    With ``document_cache`` (from :func:`encode_documents_prefix`; left unchanged) only prompt and target
     run here; without it the whole sequence runs in one pass (the reference the cache path must equal).
     """
     dream_bias = DreamBias(key_bias=key_bias, context_length=inputs.context_length, heads=heads)
@@ -73,5 +98,8 @@ def suffix_logits(
 
 
 def copy_cache(cache):
-    """An independent copy of a key/value cache (a suffix pass appends to the cache it is given)."""
+    """An independent copy of a key/value cache (a suffix pass appends to a writable cache); a read-only
+    :class:`DocumentPrefixCache` is returned as it is, since no pass can change it."""
+    if isinstance(cache, DocumentPrefixCache) and cache.read_only:
+        return cache
     return copy.deepcopy(cache)

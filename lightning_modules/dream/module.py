@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from datamodules.batch import RetrievalBatch
 from datamodules.protocols import TrainingExamples
 from lightning_modules.base import RetrieverModule
+from lightning_modules.distributed import call_through_strategy
 from lightning_modules.dream.attention import attention_name
 from lightning_modules.dream.batch import DreamBatchPreparer
 from lightning_modules.dream.calibration import rank_heads_on_examples, write_ranking
@@ -70,8 +71,10 @@ class DreamModule(settings_arguments(DreamSettings), RetrieverModule):
 
     # ---- head selection ---------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
-        if self.selected_heads is None:
-            self.selected_heads = self.select_heads_by_intervention()
+        if (
+            self.selected_heads is None
+        ):  # under FSDP inside the wrapped forward, where the sharded LM is usable
+            self.selected_heads = call_through_strategy(self.trainer, self, "select_heads_by_intervention")
         rank_zero_info(f"DREAM heads ({self.settings.heads.selection}): {self.describe_heads()}")
 
     def describe_heads(self) -> str:

@@ -21,6 +21,14 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from lightning_modules.distributed import (
+    all_gather_objects,
+    is_sharded,
+    padded_share,
+    rank,
+    union_over_ranks,
+    world_size,
+)
 from lightning_modules.llm2vec_gen.prompts import PromptBuilder, left_pad, pad_token_id
 from retrieval.cache import cache_root, write_json_atomically
 
@@ -140,15 +148,20 @@ def greedy_generate(
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[Sequence[int]],
     max_new_tokens: int,
+    synced_gpus: bool = False,
 ) -> list[Response]:
-    """Greedy completions of left-padded prompt ids; each stops at the first end-of-response token."""
+    """Greedy completions of left-padded prompt ids; each stops at the first end-of-response token.
+
+    ``synced_gpus``: keep stepping until every rank has finished (FSDP-sharded LM: each step is collective).
+    """
     eos_ids = end_of_response_ids(tokenizer, model)
     pad = pad_token_id(tokenizer)
     batch = {k: v.to(model.device) for k, v in left_pad(prompts, pad).items()}
     config = GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos_ids, pad_token_id=pad
     )
-    output = model.generate(**batch, generation_config=config)
+    synced = {"synced_gpus": True} if synced_gpus else {}
+    output = model.generate(**batch, generation_config=config, **synced)
     responses = []
     for row in output[:, batch["input_ids"].shape[1] :].tolist():
         stop = next((i for i, tok in enumerate(row) if tok in eos_ids), None)
@@ -172,6 +185,12 @@ def generate_responses(
 
     ``lm_id`` identifies the LM weights (a resolved folder or hub name). ``on_batch(i)`` is called after
     batch ``i`` is stored (progress hooks; tests use it to simulate an interruption).
+
+    Distributed (every rank calls this with the same queries): the ranks agree on what is missing (the
+    union of their caches' gaps, so a node without a shared cache folder needs no second pass), each rank
+    generates every ``world``-th length-sorted batch, and the responses are all-gathered, so every rank
+    ends with all of them and stores the ones its cache folder lacks. Under FSDP every rank runs the same
+    number of ``generate`` calls (a short share repeats a batch and discards it) with ``synced_gpus``.
     """
     start = time.perf_counter()
     builder = PromptBuilder(tokenizer, settings.use_chat_template, settings.max_query_tokens)
@@ -179,29 +198,50 @@ def generate_responses(
     prompts = [builder.ids(q, settings.instruction) for q in queries]
     keys = [cache.key(q, p) for q, p in zip(queries, prompts)]
     have = cache.load()
-    todo: dict[str, int] = {}
-    for i, key in enumerate(keys):
-        if key not in have and key not in todo:
-            todo[key] = i
-    order = sorted(todo, key=lambda k: -len(prompts[todo[k]]))  # similar lengths share a batch
+    first_index = {key: i for i, key in reversed(list(enumerate(keys)))}
+    todo = union_over_ranks([key for key in dict.fromkeys(keys) if key not in have])
+    order = sorted(todo, key=lambda k: -len(prompts[first_index[k]]))  # similar lengths share a batch
     batches = [order[s : s + settings.batch_size] for s in range(0, len(order), settings.batch_size)]
+    mine, real = padded_share(batches, rank(), world_size()) if batches else ([], 0)
+    synced = world_size() > 1 and is_sharded(model)
     was_training = model.training
     model.eval()
-    for number, batch_keys in enumerate(tqdm(batches, desc="generate responses", disable=not show_progress)):
+    generated: dict[str, Response] = {}
+    for number, batch_keys in enumerate(tqdm(mine, desc="generate responses", disable=not show_progress)):
         outputs = greedy_generate(
-            model, tokenizer, [prompts[todo[k]] for k in batch_keys], settings.max_new_tokens
+            model, tokenizer, [prompts[first_index[k]] for k in batch_keys], settings.max_new_tokens, synced
         )
+        if number >= real:
+            continue  # padding: keeps the number of generate calls equal across ranks
         fresh = dict(zip(batch_keys, outputs))
-        cache.store(fresh, {k: queries[todo[k]] for k in batch_keys})
-        have.update(fresh)
+        cache.store(fresh, {k: queries[first_index[k]] for k in batch_keys})
+        generated.update(fresh)
         if on_batch is not None:
             on_batch(number)
     model.train(was_training)
+    have.update(generated)
+    if world_size() > 1:
+        have.update(exchange_responses(cache, generated, queries, first_index))
+    missing = set(todo)
     report = GenerationReport(
         total=len(queries),
-        generated=len(todo),
-        cached=len(queries) - sum(1 for k in keys if k in todo),
+        generated=len(generated),
+        cached=sum(1 for k in keys if k not in missing),
         seconds=round(time.perf_counter() - start, 3),
         cache_dir=str(cache.folder),
     )
     return [have[k] for k in keys], report
+
+
+def exchange_responses(
+    cache: ResponseCache, generated: dict[str, Response], queries: Sequence[str], first_index: dict[str, int]
+) -> dict[str, Response]:
+    """All ranks' fresh responses; those this rank's cache folder still lacks (no shared filesystem) are
+    stored there too."""
+    everything: dict[str, Response] = {}
+    for part in all_gather_objects(generated):
+        everything.update(part)
+    on_disk = cache.load()
+    absent = {k: r for k, r in everything.items() if k not in on_disk}
+    cache.store(absent, {k: queries[first_index[k]] for k in absent})
+    return everything

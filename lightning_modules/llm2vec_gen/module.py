@@ -31,6 +31,7 @@ from torch import nn
 from datamodules.batch import RetrievalBatch, TokenizedTexts
 from datamodules.protocols import TrainingQueries
 from lightning_modules.base import FROZEN_PREFIX, RetrieverModule
+from lightning_modules.distributed import call_through_strategy
 from lightning_modules.llm2vec_gen.batch import LLM2VecGenBatchPreparer, ReconstructionInputs
 from lightning_modules.llm2vec_gen.generation import Response, end_of_response_ids, generate_responses
 from lightning_modules.llm2vec_gen.prompts import PromptBuilder
@@ -237,13 +238,16 @@ class LLM2VecGenModule(settings_arguments(LLM2VecGenSettings), RetrieverModule):
             )
         datamodule.setup("fit")
         queries = datamodule.train_queries
-        # under DDP rank 0 generates and caches; the other ranks then read the cache (one barrier each side)
-        strategy = self.trainer.strategy
-        if not self.trainer.is_global_zero:
-            strategy.barrier("llm2vec_gen_responses")
-        summary = self.prepare_responses([q.query_id for q in queries], [q.text for q in queries])
-        if self.trainer.is_global_zero:
-            strategy.barrier("llm2vec_gen_responses")
+        # every rank generates its share of the missing responses and receives the others' (generation.py);
+        # under FSDP inside the wrapped forward, where the sharded LM is usable
+        summary = call_through_strategy(
+            self.trainer,
+            self,
+            "prepare_responses",
+            [q.query_id for q in queries],
+            [q.text for q in queries],
+            show_progress=self.trainer.is_global_zero,
+        )
         rank_zero_info(f"[llm2vec-gen] responses: {summary}")
         if self.trainer.is_global_zero:
             write_json_atomically(Path(self.trainer.default_root_dir) / "generation.json", summary)

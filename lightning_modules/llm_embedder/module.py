@@ -13,7 +13,13 @@ import torch
 from datamodules.batch import RetrievalBatch
 from datamodules.protocols import TaskExamples
 from lightning_modules.base import RetrieverModule
-from lightning_modules.distributed import gather_no_grad, gather_with_grad, world_size
+from lightning_modules.distributed import (
+    call_through_strategy,
+    gather_no_grad,
+    gather_with_grad,
+    rank,
+    world_size,
+)
 from lightning_modules.llm_embedder.settings import LLMEmbedderSettings
 from lightning_modules.llm_embedder.teacher import ScoringItem, TeacherScorer
 from lightning_modules.llm_embedder.templates import TaskSettings, settings_as_dict
@@ -80,9 +86,13 @@ class LLMEmbedderModule(settings_arguments(LLMEmbedderSettings), RetrieverModule
 
     def on_fit_start(self) -> None:
         datamodule = self.trainer.datamodule
-        if not self.settings.prescore or not isinstance(datamodule, TaskExamples) or not datamodule.examples:
-            return
-        examples = datamodule.examples
+        if self.settings.prescore and isinstance(datamodule, TaskExamples) and datamodule.examples:
+            # under FSDP inside the wrapped forward, where the sharded LM is usable
+            call_through_strategy(self.trainer, self, "prescore_training_candidates", datamodule.examples)
+
+    def prescore_training_candidates(self, examples: dict[str, list[Any]]) -> None:
+        """Teacher scores of every training candidate (cached; the ranks share the work); writes
+        ``teacher_scoring.json``."""
         rank, world = self.trainer.global_rank, self.trainer.world_size
         report: dict[str, Any] = {"reward": self.reward}
         for name, items in examples.items():
@@ -94,7 +104,6 @@ class LLMEmbedderModule(settings_arguments(LLMEmbedderSettings), RetrieverModule
             scoring = [ScoringItem(c, e.query, e.answer) for e in items for c in e.candidates]
             start = time.perf_counter()
             _, part = teacher.score(settings.template, scoring, rank, world)
-            self.trainer.strategy.barrier("llm_embedder_teacher_scores")
             report[name] = {
                 "task": task,
                 "items": part.items,
@@ -122,7 +131,7 @@ class LLMEmbedderModule(settings_arguments(LLMEmbedderSettings), RetrieverModule
             for query, group, answer in zip(batch.queries, batch.documents, answers)
             for key in group
         ]
-        scores = self.require_teacher(batch.task).lookup(settings.template, items)
+        scores = self.require_teacher(batch.task).lookup(settings.template, items, rank(), world_size())
         return scores.view(len(batch), batch.group_size).to(self.device)
 
     # ---- training -------------------------------------------------------------------------------------------

@@ -90,11 +90,13 @@ def sample_mean_log_likelihoods(
     pad_token_id: int,
     temperature: float = 1.0,
     seed: int = 0,
+    synced_gpus: bool = False,
 ) -> torch.Tensor:
     """``[num_samples]`` mean log-probability (under the LM itself, temperature 1) of outputs sampled from
     the LM after ``prompt_ids`` (ancestral sampling at ``temperature``, no top-k/top-p), up to the first EOS
     (excluded). A sample that is empty (EOS first) gets ``−inf``. Seeded per call, so a cached score does not
-    depend on which other prompts were scored in the same run."""
+    depend on which other prompts were scored in the same run. ``synced_gpus``: step until every rank is
+    done (an FSDP-sharded LM)."""
     device = next(model.parameters()).device
     input_ids = torch.tensor([prompt_ids], device=device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -112,6 +114,7 @@ def sample_mean_log_likelihoods(
             return_dict_in_generate=True,
             pad_token_id=pad_token_id,
             eos_token_id=eos_token_id,
+            **({"synced_gpus": True} if synced_gpus else {}),
         )
     tokens = generated.sequences[:, input_ids.shape[1] :].cpu()
     logits = torch.stack(generated.logits, dim=1).float().cpu()  # [N, T, V], raw (before sampling warpers)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from lightning_modules.distributed import all_gather_objects, is_sharded, max_over_ranks, padded_share
 from lightning_modules.llm_embedder.rewards import (
     mean_output_log_likelihood,
     prompt_and_output_ids,
@@ -75,7 +76,8 @@ class TeacherScorer:
     def __init__(self, lm: FrozenCausalLM, settings: TeacherSettings | None = None, **kwargs: Any):
         self.lm = lm
         self.settings = settings if settings is not None else TeacherSettings.from_dict(kwargs)
-        self._identity: dict[str, Any] | None = None
+        # read now, while every rank holds the whole LM: after FSDP wraps it, parameter sizes are per shard
+        self._identity: dict[str, Any] = lm_identity(lm)
         self._caches: dict[str, ScoreCache] = {}
 
     @property
@@ -85,8 +87,6 @@ class TeacherScorer:
     # ---- cache --------------------------------------------------------------------------------------------
     def namespace(self, template: str) -> dict[str, Any]:
         """Everything besides the texts that changes a score."""
-        if self._identity is None:
-            self._identity = lm_identity(self.lm)
         reward: dict[str, Any] = {"kind": self.reward}
         if self.reward == "rank_aware":
             reward.update(
@@ -131,45 +131,67 @@ class TeacherScorer:
 
     def score(
         self, template: str, items: Sequence[ScoringItem], rank: int = 0, world_size: int = 1
-    ) -> tuple[torch.Tensor | None, ScoringReport]:
-        """Score ``items`` (cache first). With ``world_size > 1`` this rank scores only its share of the
-        missing items and returns ``None`` scores: call :meth:`lookup` after a barrier."""
+    ) -> tuple[torch.Tensor, ScoringReport]:
+        """Scores of ``items`` (cache first), and what was scored.
+
+        Distributed, every rank calls this with its own items: the ranks agree on the missing ones (the
+        union of their gaps), each scores an equal share of them (padded: under FSDP every rank must run
+        the same number of forwards) and the fresh scores are all-gathered, so every rank returns the
+        scores of its items without reading another rank's files (no shared filesystem needed)."""
         start = time.perf_counter()
         cache = self.cache(template)
         cache.refresh()
-        pairs = [self.prompt(template, item) for item in items]
-        keys = [item_key(*pair) for pair in pairs]
-        missing = cache.missing(keys)
-        mine = missing[rank::world_size]
-        by_key = dict(zip(keys, pairs))
-        progress = tqdm(
-            total=len(mine),
-            desc=f"teacher scores ({self.reward})",
-            disable=not self.settings.show_progress or not mine,
-        )
-        for chunk_start in range(0, len(mine), self.settings.chunk_size):
-            chunk = mine[chunk_start : chunk_start + self.settings.chunk_size]
-            values = self._score_pairs([by_key[k] for k in chunk])
-            cache.add(dict(zip(chunk, values.tolist())))
-            progress.update(len(chunk))
-        progress.close()
+        prompts = [self.prompt(template, item) for item in items]
+        keys = [item_key(*pair) for pair in prompts]
+        pairs = dict(zip(keys, prompts))
+        missing = {k: pairs[k] for k in cache.missing(keys)}
+        if world_size > 1:
+            missing = {k: v for part in all_gather_objects(missing) for k, v in part.items()}
+        mine, real = padded_share(list(missing), rank, world_size) if missing else ([], 0)
+        fresh = self._score_share(cache, [missing[k] for k in mine], mine[:real])
+        if world_size > 1:
+            everything = {k: v for part in all_gather_objects(fresh) for k, v in part.items()}
+            cache.refresh()  # with a shared cache folder the other ranks' chunks are already there
+            cache.add(everything)
         report = ScoringReport(
             items=len(items),
-            cached=len(keys) - len(missing),
-            scored=len(mine),
+            cached=sum(1 for k in keys if k not in missing),
+            scored=real,
             seconds=time.perf_counter() - start,
         )
-        return (cache.get(keys) if world_size == 1 else None), report
+        return cache.get(keys), report
 
-    def lookup(self, template: str, items: Sequence[ScoringItem]) -> torch.Tensor:
-        """Cached scores of ``items``; items scored by other ranks are read from disk; any still missing are
-        scored now (so training never stops on a cache miss)."""
+    def _score_share(
+        self, cache: ScoreCache, pairs: list[tuple[str, str]], real_keys: list[str]
+    ) -> dict[str, float]:
+        """Score ``pairs`` in chunks; the first ``len(real_keys)`` are stored, the rest is padding."""
+        fresh: dict[str, float] = {}
+        progress = tqdm(
+            total=len(real_keys),
+            desc=f"teacher scores ({self.reward})",
+            disable=not self.settings.show_progress or not real_keys,
+        )
+        for chunk_start in range(0, len(pairs), self.settings.chunk_size):
+            values = self._score_pairs(pairs[chunk_start : chunk_start + self.settings.chunk_size]).tolist()
+            chunk = dict(zip(real_keys[chunk_start : chunk_start + self.settings.chunk_size], values))
+            cache.add(chunk)
+            fresh.update(chunk)
+            progress.update(len(chunk))
+        progress.close()
+        return fresh
+
+    def lookup(
+        self, template: str, items: Sequence[ScoringItem], rank: int = 0, world_size: int = 1
+    ) -> torch.Tensor:
+        """Cached scores of ``items``; any still missing are scored now (so training never stops on a cache
+        miss). Distributed: if any rank misses a score, all ranks score together (:meth:`score`)."""
         cache = self.cache(template)
         keys = self.keys(template, items)
         if cache.missing(keys):
             cache.refresh()
-        if cache.missing(keys):
-            return self.score(template, items)[0]
+        misses = len(cache.missing(keys))
+        if (max_over_ranks(misses) if world_size > 1 else misses) > 0:
+            return self.score(template, items, rank, world_size)[0]
         return cache.get(keys)
 
     def _score_pairs(self, pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
@@ -182,6 +204,7 @@ class TeacherScorer:
         )
         if self.reward == "nll":
             return desired
+        synced = torch.distributed.is_initialized() and is_sharded(model)  # FSDP: every step is collective
         threads = torch.get_num_threads()
         if self.settings.generation_threads:
             torch.set_num_threads(self.settings.generation_threads)
@@ -197,6 +220,7 @@ class TeacherScorer:
                         tokenizer.pad_token_id,
                         self.settings.sample_temperature,
                         sampling_seed(self.settings.seed, item_key(*pair)),
+                        synced_gpus=synced,
                     )
                     for prompt_ids, pair in zip(prompts, pairs)
                 ]

@@ -8,6 +8,24 @@ import torch
 import torch.nn.functional as F
 
 
+def similarity_logits(
+    query_embeddings: torch.Tensor, document_embeddings: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """``s_ij = q_i · d_j / τ`` ``[Q, D]`` in float32 (float64 inputs stay float64), autocast off.
+
+    Under ``bf16-mixed`` autocast a plain ``q @ d.T`` is computed in bf16: cosines are rounded to 2⁻⁸
+    (8 mantissa bits), which at τ = 0.01 is a ±0.2 error on every logit. The inputs are upcast and the
+    matmul runs in fp32 whatever the surrounding autocast says; gradients flow as usual.
+
+    Example: ``q = [[1, 0]]``, ``d = [[0.6, 0.8]]``, τ = 0.5 gives ``[[1.2]]``.
+    """
+    dtype = torch.promote_types(
+        torch.promote_types(query_embeddings.dtype, document_embeddings.dtype), torch.float32
+    )
+    with torch.autocast(device_type=query_embeddings.device.type, enabled=False):
+        return query_embeddings.to(dtype) @ document_embeddings.to(dtype).T / temperature
+
+
 def info_nce_loss(
     query_embeddings: torch.Tensor,
     document_embeddings: torch.Tensor,
@@ -15,7 +33,8 @@ def info_nce_loss(
     exclude: torch.Tensor | None = None,
     temperature: float = 0.05,
 ) -> torch.Tensor:
-    """``L = −mean_i log( exp(s(q_i, d_{t_i})) / Σ_{j ∉ X_i} exp(s(q_i, d_j)) )`` with ``s = q·d / τ``.
+    """``L = −mean_i log( exp(s(q_i, d_{t_i})) / Σ_{j ∉ X_i} exp(s(q_i, d_j)) )`` with ``s = q·d / τ``
+    (fp32 logits: :func:`similarity_logits`).
 
     Args:
         query_embeddings: ``[Q, H]`` (L2-normalised for cosine similarity).
@@ -27,7 +46,7 @@ def info_nce_loss(
 
     Example: with ``q = [[1, 0]]``, ``d = [[1, 0], [0, 1]]``, τ = 1, the loss is ``log(1 + e^{-1})``.
     """
-    logits = query_embeddings @ document_embeddings.T / temperature
+    logits = similarity_logits(query_embeddings, document_embeddings, temperature)
     if exclude is not None:
         keep_target = F.one_hot(targets, logits.shape[1]).bool()
         logits = logits.masked_fill(exclude & ~keep_target, float("-inf"))
@@ -65,7 +84,7 @@ def multi_positive_info_nce_loss(
     Example: ``q = [[1, 0]]``, ``d = [[1, 0], [0, 1], [-1, 0]]``, both first documents positive, τ = 1:
     ``L = −log((e + 1) / (e + 1 + e^{-1}))``.
     """
-    logits = query_embeddings @ document_embeddings.T / temperature
+    logits = similarity_logits(query_embeddings, document_embeddings, temperature)
     has_positive = positive_mask.any(dim=1)
     if not has_positive.any():
         raise ValueError("multi_positive_info_nce_loss: no query has a positive document in the batch")

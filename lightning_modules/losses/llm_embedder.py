@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from lightning_modules.llm_embedder.templates import TaskSettings
-from lightning_modules.losses.contrastive import info_nce_loss
+from lightning_modules.losses.contrastive import info_nce_loss, similarity_logits
 from lightning_modules.losses.distillation import (
     GradedOrder,
     contiguous_candidate_columns,
@@ -88,7 +88,7 @@ def llm_embedder_loss(
     Example: one query, two keys, cosines ``[1, 0]``, τ = 1, a contrastive-only task whose label marks
     the first key: ``{"loss": log(1 + e^{-1}), "contrastive": log(1 + e^{-1})}``.
     """
-    logits = query_embeddings @ key_embeddings.T / temperature
+    logits = similarity_logits(query_embeddings, key_embeddings, temperature)  # fp32 under bf16 autocast
     columns = contiguous_candidate_columns(query_embeddings.shape[0], group_size, query_embeddings.device)
     positive = positive_index(labels, teacher_scores, task)
     losses: dict[str, torch.Tensor] = {}

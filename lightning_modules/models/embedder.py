@@ -113,9 +113,12 @@ class Embedder(nn.Module):
         return {"input_ids": tokens.input_ids, "attention_mask": tokens.attention_mask}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Token ids ``[B, T]`` → embeddings ``[B, H]`` (float32, L2-normalised when ``normalize``)."""
+        """Token ids ``[B, T]`` → embeddings ``[B, H]`` (float32 or wider, L2-normalised when ``normalize``)."""
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        embeddings = pool(hidden.float(), attention_mask, self.pooling)  # fp32 pooling for bf16 weights too
+        # pooling in fp32 for bf16 weights too (fp64 stays fp64: the DDP/FSDP tests compare in fp64)
+        embeddings = pool(
+            hidden.to(torch.promote_types(hidden.dtype, torch.float32)), attention_mask, self.pooling
+        )
         return F.normalize(embeddings, dim=-1) if self.normalize else embeddings
 
     def embed(self, texts: Sequence[str], kind: Kind) -> torch.Tensor:

@@ -20,6 +20,8 @@ import os
 import re
 from pathlib import Path
 
+import torch
+
 from retrieval.cache import build_dir_atomically, cache_root
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -123,8 +125,25 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
+def untied_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with each shared tensor stored once, under its input-side name (``embed_tokens``, not
+    a tied ``lm_head``), as ``save_pretrained`` writes it: a bare decoder (``AutoModel``) finds its embeddings."""
+    kept: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    state = model.state_dict()
+    for name in sorted(state, key=lambda n: n.startswith("lm_head")):
+        tensor = state[name]
+        if tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        kept[name] = tensor.contiguous()
+    return kept
+
+
 def tiny_model_folder(family: str) -> Path:
     """A cached tiny random model folder for ``family`` whose vocabulary comes from the in-repo fixture."""
+    from safetensors.torch import save_file
+
     from lightning_modules.models.tiny import tiny_model, vocabulary_from_texts, word_level_tokenizer
 
     texts = []
@@ -139,7 +158,10 @@ def tiny_model_folder(family: str) -> Path:
         kind = "encoder" if family == "bert" else "decoder"
         tokenizer = word_level_tokenizer(words, kind)
         model = tiny_model(family, vocab_size=len(tokenizer), tokenizer=tokenizer)
-        model.save_pretrained(tmp)
+        # not model.save_pretrained: with torch.distributed initialised, transformers writes weights on rank 0
+        # only, and the rank that holds the build lock may be another one (the folder would lack its weights)
+        model.config.save_pretrained(tmp)
+        save_file(untied_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         tokenizer.save_pretrained(tmp)
 
     return build_dir_atomically(cache_root() / "models" / f"tiny-{family}-{digest}", build)

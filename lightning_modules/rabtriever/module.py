@@ -26,6 +26,7 @@ from datamodules.batch import RetrievalBatch
 from datamodules.protocols import CorpusSource
 from datamodules.records import Document
 from lightning_modules.base import RetrieverModule
+from lightning_modules.distributed import is_sharded, lockstep, world_size
 from lightning_modules.losses.rabtriever import rabtriever_loss, relevance_log_odds
 from lightning_modules.rabtriever.passes import RelevanceLM, autocast_for
 from lightning_modules.rabtriever.predictor import build_predictor
@@ -33,6 +34,8 @@ from lightning_modules.rabtriever.settings import RabtrieverSettings
 from lightning_modules.rabtriever.state_store import cached_document_states
 from lightning_modules.settings import SettingsError, settings_arguments
 from retrieval.search import top_k_in_blocks
+
+LOCKSTEP_FILLER = "."  # the text of the throw-away passes that keep the ranks in step under FSDP
 
 
 class RabtrieverModule(settings_arguments(RabtrieverSettings), RetrieverModule):
@@ -96,15 +99,20 @@ class RabtrieverModule(settings_arguments(RabtrieverSettings), RetrieverModule):
         return relevance_log_odds(self.student_logits(query_states, document_states)[1])
 
     # ---- frozen-LM passes, cached per text ----------------------------------------------------------------
+    def lm_is_sharded(self) -> bool:
+        """FSDP shards the frozen LM: every pass is collective, so all ranks must run as many (``lockstep``)."""
+        return world_size() > 1 and is_sharded(self.frozen_lm)
+
     @torch.no_grad()
     def query_states(self, queries: Sequence[str]) -> torch.Tensor:
         """``h_q`` ``[Q, H]`` on this module's device (cached per query text)."""
         missing = sorted({q for q in queries if q not in self._query_states})
+        chunks = [missing[s : s + self.lm_batch_size] for s in range(0, len(missing), self.lm_batch_size)]
         with autocast_for(self.lm_precision, self.device):
-            for start in range(0, len(missing), self.lm_batch_size):
-                chunk = missing[start : start + self.lm_batch_size]
-                for text, state in zip(chunk, self.lm.query_states(chunk).float().cpu()):
-                    self._query_states[text] = state
+            for chunk, real in lockstep(chunks, [LOCKSTEP_FILLER], self.lm_is_sharded()):
+                states = self.lm.query_states(chunk).float().cpu()
+                if real:
+                    self._query_states.update(zip(chunk, states))
         return torch.stack([self._query_states[q] for q in queries]).to(self.device)
 
     @torch.no_grad()
@@ -114,10 +122,13 @@ class RabtrieverModule(settings_arguments(RabtrieverSettings), RetrieverModule):
         """``(h_T [P, H], Z_d [P, K, H])`` for aligned pairs (teacher pass; both cached per text)."""
         pairs = list(zip(queries, documents))
         missing = sorted({p for p in pairs if p not in self._teacher_states}, key=lambda p: -len(p[1]))
+        chunks = [missing[s : s + self.lm_batch_size] for s in range(0, len(missing), self.lm_batch_size)]
+        filler = [(LOCKSTEP_FILLER, LOCKSTEP_FILLER)]
         with autocast_for(self.lm_precision, self.device):
-            for start in range(0, len(missing), self.lm_batch_size):
-                chunk = missing[start : start + self.lm_batch_size]
+            for chunk, real in lockstep(chunks, filler, self.lm_is_sharded()):
                 out = self.lm.teacher([q for q, _ in chunk], [d for _, d in chunk])
+                if not real:
+                    continue
                 for pair, answer, states in zip(
                     chunk, out.answer_states.float().cpu(), out.document_states.float().cpu()
                 ):
@@ -142,6 +153,7 @@ class RabtrieverModule(settings_arguments(RabtrieverSettings), RetrieverModule):
                 self.lm_batch_size,
                 self.lm_precision,
                 use_disk=self.settings.cache_document_states,
+                lockstep=self.lm_is_sharded(),
             )
             self._corpus = (digest, states)
             self.document_state_seconds = seconds

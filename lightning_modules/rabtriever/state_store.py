@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from lightning_modules.distributed import max_over_ranks
 from lightning_modules.rabtriever.passes import RelevanceLM, autocast_for
 from retrieval.batching import map_in_length_order
 from retrieval.cache import cache_key, cache_root, cached_tensors
@@ -64,13 +65,15 @@ def cached_document_states(
     precision: str = "bf16",
     use_disk: bool = True,
     show_progress: bool = False,
+    lockstep: bool = False,
 ) -> tuple[torch.Tensor, float]:
     """:func:`compute_document_states` through the checksummed on-disk cache
     (``<cache>/rabtriever/states-<key>.checked``; a damaged entry is recomputed; the suffix keeps the
     older unchecked ``.pt`` files of earlier versions apart).
 
     Returns the states and the seconds their computation took (when they were computed, even if read back
-    from the cache now): a one-off cost reported outside the training budget.
+    from the cache now): a one-off cost reported outside the training budget. ``lockstep`` (an FSDP-sharded
+    LM): the cache is used only when every rank finds it, so all ranks compute or none does.
     """
     key = document_states_key(lm_name, relevance_lm, documents, precision)
     path = cache_root() / "rabtriever" / f"states-{key}.checked"
@@ -84,5 +87,6 @@ def cached_document_states(
         )
         return {"states": states, "seconds": torch.tensor(seconds)}
 
-    stored = cached_tensors(path, compute) if use_disk else compute()
+    every_rank = (lambda found: max_over_ranks(0 if found else 1) == 0) if lockstep else None
+    stored = cached_tensors(path, compute, every_rank) if use_disk else compute()
     return stored["states"], float(stored["seconds"])
