@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from lightning_modules.llm2vec_gen.decoding import decode
-from lightning_modules.llm2vec_gen.module import LLM2VecGen
+from lightning_modules.llm2vec_gen.module import LLM2VecGenModule
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -38,12 +38,12 @@ def run_used_tiny_models(checkpoint: Path) -> bool:
     return bool((yaml.safe_load(config.read_text()) or {}).get("tiny_models", False))
 
 
-def load_module(checkpoint: str | Path, tiny: bool | None = None) -> LLM2VecGen:
+def load_module(checkpoint: str | Path, tiny: bool | None = None) -> LLM2VecGenModule:
     path = resolve_checkpoint(checkpoint)
     if tiny if tiny is not None else run_used_tiny_models(path):
         os.environ["LSR_TINY_MODELS"] = "1"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return LLM2VecGen.load_from_checkpoint(str(path), map_location="cpu")
+    return LLM2VecGenModule.load_from_checkpoint(str(path), map_location="cpu")
 
 
 def main(argv: Sequence[str] | None = None) -> list[str]:

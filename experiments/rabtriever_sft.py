@@ -17,7 +17,7 @@ from typing import Any
 
 import lightning as L
 
-from lightning_modules.rabtriever.reranker_sft import RerankerSFT
+from lightning_modules.rabtriever.reranker_sft import RerankerSFTModule
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> Path:
         path=args.data, batch_size=args.batch_size, group_size=args.group_size, seed=args.seed
     )
     prompt = {**_model_config_prompt(), "max_document_tokens": args.max_document_tokens}
-    module = RerankerSFT(args.model, prompt=prompt, lr=args.lr, loss=args.loss)
+    module = RerankerSFTModule(args.model, prompt=prompt, lr=args.lr, loss=args.loss)
     trainer = L.Trainer(
         max_steps=args.steps,
         accelerator="auto",
