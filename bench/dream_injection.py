@@ -221,10 +221,9 @@ def load_lms() -> tuple[Any, Any, Any]:
 
 def compare(queries: int, k: int, max_document_tokens: int, repeats: int, tau: float = 0.1) -> dict[str, Any]:
     """Interleaved forward + backward times of DREAM (middle-third heads, all heads) and the two-pass."""
-    from lightning_modules.dream.bias import document_bias, key_position_bias
     from lightning_modules.dream.heads import middle_third_heads
     from lightning_modules.dream.inputs import build_dream_inputs
-    from lightning_modules.dream.lm_loss import dream_lm_loss
+    from lightning_modules.losses.dream import document_bias, dream_lm_loss, key_position_bias
 
     dream_lm, revela_lm, tokenizer = load_lms()
     documents, questions, answers = hotpotqa_groups(queries, k)
@@ -241,7 +240,7 @@ def compare(queries: int, k: int, max_document_tokens: int, repeats: int, tau: f
         def step() -> None:
             c = cosines.clone().requires_grad_(True)
             key_bias = key_position_bias(document_bias(c, tau), dream_inputs.document_index)
-            dream_lm_loss(dream_lm, dream_inputs, key_bias, heads, reuse_document_cache=True).backward()
+            dream_lm_loss(dream_lm, dream_inputs, key_bias, heads, reuse_document_cache=True).loss.backward()
             if c.grad is None or not torch.isfinite(c.grad).all():
                 raise RuntimeError("DREAM: no finite gradient reached the cosines")
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lightning_modules.rabtriever.module import Rabtriever
+from lightning_modules.rabtriever.module import RabtrieverModule
 from lightning_modules.rabtriever.passes import RelevanceLM, autocast_for
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rabtriever_cost.json"
@@ -58,8 +58,8 @@ def filler_documents(count: int, words: int) -> list[str]:
     ]
 
 
-def build_module(model: str, length: int, predictor: str, precision: str) -> Rabtriever:
-    module = Rabtriever(
+def build_module(model: str, length: int, predictor: str, precision: str) -> RabtrieverModule:
+    module = RabtrieverModule(
         frozen_lm={"name_or_path": model},
         predictor={"kind": predictor},
         prompt={"max_document_tokens": length, "relevance_tokens": ["A", "B"]},
@@ -70,7 +70,7 @@ def build_module(model: str, length: int, predictor: str, precision: str) -> Rab
 
 
 @torch.no_grad()
-def time_teacher(module: Rabtriever, query: str, documents: list[str], repeats: int) -> float:
+def time_teacher(module: RabtrieverModule, query: str, documents: list[str], repeats: int) -> float:
     return best_seconds(
         lambda: module.lm.teacher_scores(
             [query] * len(documents), documents, module.lm_batch_size, module.lm_precision
@@ -80,7 +80,7 @@ def time_teacher(module: Rabtriever, query: str, documents: list[str], repeats: 
 
 
 @torch.no_grad()
-def time_student(module: Rabtriever, query: str, stored: torch.Tensor, repeats: int) -> float:
+def time_student(module: RabtrieverModule, query: str, stored: torch.Tensor, repeats: int) -> float:
     def score() -> torch.Tensor:
         with autocast_for(module.lm_precision, module.device):
             query_state = module.lm.query_states([query])
@@ -90,7 +90,7 @@ def time_student(module: Rabtriever, query: str, stored: torch.Tensor, repeats: 
 
 
 @torch.no_grad()
-def time_document_states(module: Rabtriever, documents: list[str], repeats: int) -> float:
+def time_document_states(module: RabtrieverModule, documents: list[str], repeats: int) -> float:
     def store() -> torch.Tensor:
         with autocast_for(module.lm_precision, module.device):
             return module.lm.document_states(documents)
@@ -123,7 +123,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def sweep_stored_documents(module: Rabtriever, query: str, args: argparse.Namespace) -> dict:
+def sweep_stored_documents(module: RabtrieverModule, query: str, args: argparse.Namespace) -> dict:
     """Teacher and student seconds per query against the number of documents N."""
     pool = filler_documents(max(args.teacher_n), words=2 * max(args.length, 8))
     # the student's cost does not depend on what the stored states hold: 32 real ones, tiled to the largest N
@@ -137,7 +137,7 @@ def sweep_stored_documents(module: Rabtriever, query: str, args: argparse.Namesp
     }
 
 
-def sweep_document_length(module: Rabtriever, query: str, args: argparse.Namespace) -> dict:
+def sweep_document_length(module: RabtrieverModule, query: str, args: argparse.Namespace) -> dict:
     """Teacher, student and document-state seconds against the document length."""
     by_length: dict = {"documents": args.docs, "teacher": {}, "student_query": {}, "document_states": {}}
     for length in args.lengths:

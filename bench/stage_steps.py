@@ -45,13 +45,13 @@ def module_and_batch(kind: str, settings: Any) -> tuple[torch.nn.Module, Any]:
     """The stage's LightningModule and one training batch, built as the stage's builder builds them."""
     if kind == "reranker_sft":
         from datamodules.retrieval import RetrievalDataModule
-        from lightning_modules.rabtriever.reranker_sft import RerankerSFT
+        from lightning_modules.rabtriever.reranker_sft import RerankerSFTModule
 
         data = RetrievalDataModule(
             **{**settings.data, "batch_size": settings.batch_size, "seed": settings.seed}
         )
         data.setup("fit")
-        module = RerankerSFT(
+        module = RerankerSFTModule(
             settings.model, prompt=settings.prompt, lora=settings.lora, lr=settings.lr, loss=settings.loss
         )
         return module, next(iter(data.train_dataloader()))
@@ -89,7 +89,7 @@ def measure(experiment: str, stage: str, repeats: int) -> dict[str, Any]:
     cpu_start = time.process_time()
     timing = time_calls(step, repeats=repeats, warmup=1)
     cpu_per_step = (time.process_time() - cpu_start) / (repeats + 1)
-    shape = batch["input_ids"].shape if "input_ids" in batch else (len(batch["documents"]),)
+    shape = batch["input_ids"].shape if isinstance(batch, dict) else (len(batch.flat_documents),)
     return {
         "experiment": experiment,
         "stage": stage,

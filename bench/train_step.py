@@ -26,6 +26,7 @@ from torch import nn
 from bench.flops import count_flops, utilisation
 from bench.machine import peak_rss_mb
 from bench.timing import time_calls
+from datamodules.batch import RetrievalBatch
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ("debug=tiny",)
@@ -53,7 +54,7 @@ ADAPTERS: dict[str, MethodAdapter] = {
         MethodAdapter(
             "contrastive_minilm",
             "default",
-            "contrastive.py",
+            "contrastive",
             {
                 "tiny": TINY,
                 "small": ("data.batch_size=8", "data.group_size=2"),
@@ -66,7 +67,7 @@ ADAPTERS: dict[str, MethodAdapter] = {
         MethodAdapter(
             "contrastive_smollm",
             "contrastive_tiny_smollm",
-            "contrastive.py",
+            "contrastive",
             {
                 "tiny": TINY,
                 "small": ("data.batch_size=4", "data.group_size=2"),
@@ -187,6 +188,8 @@ class TokenCounter:
 
 
 def batch_size_of(batch: Any) -> int:
+    if isinstance(batch, RetrievalBatch):
+        return len(batch)
     if isinstance(batch, dict):
         for key in ("queries", "query_ids", "input_ids"):
             if key in batch:

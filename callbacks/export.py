@@ -16,6 +16,7 @@ import yaml
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
+from lightning_modules.base import RetrieverModule
 from lightning_modules.fsdp import full_parameters
 
 METRIC_ORDER = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
@@ -101,7 +102,7 @@ def model_card(
     """The exported folder's ``README.md``.
 
     Args:
-        method: the module class (e.g. ``ContrastiveRetriever``); ``results["method"]`` is preferred when given.
+        method: the module class (e.g. ``ContrastiveModule``); ``results["method"]`` is preferred when given.
         hparams: the module's hyperparameters.
         metrics: scores after training (kept for callers that have nothing else).
         results: the run's ``results.json`` dict (method, start, candidates, label use, budget, before/after).
@@ -123,7 +124,17 @@ def model_card(
         "(or, for the contrastive baseline, from relevance labels).",
         "",
     ]
-    lines += ["## Method", "", f"- method: {meta_method} (module `{method}`)"]
+    lines += _method_section(method, meta_method, results, hparams, embedder)
+    lines += _data_section((config or {}).get("data") or {}, results)
+    lines += _budget_section(results.get("budget") or {})
+    lines += _scores_section(results, metrics, mteb)
+    lines += _usage_section(embedder)
+    lines += ["## Hyperparameters", "", "```json", json.dumps(hparams, indent=2, default=str), "```", ""]
+    return "\n".join(lines)
+
+
+def _method_section(method: str, meta_method: str, results: dict, hparams: dict, embedder: dict) -> list[str]:
+    lines = ["## Method", "", f"- method: {meta_method} (module `{method}`)"]
     if results.get("start"):
         lines.append(f"- starting embedder: {results['start']}")
     if embedder:
@@ -139,42 +150,54 @@ def model_card(
         lines.append(
             f"- frozen LM (teacher, not part of this model): `{hparams['frozen_lm']['name_or_path']}`"
         )
-    lines.append("")
-    data = (config or {}).get("data") or {}
-    if data or results.get("candidates") or results.get("label_use"):
-        lines += ["## Data", ""]
-        if data:
-            source = (
-                "tiny fixture (debug=tiny)" if data.get("tiny") else data.get("hub_name") or data.get("path")
-            )
-            lines.append(
-                f"- data: `{source}`, trained on split `{data.get('train_split')}`, evaluated on `{data.get('eval_split')}`"
-            )
-        if results.get("candidates"):
-            lines.append(f"- candidates / negatives: {results['candidates']}")
-        if results.get("label_use"):
-            lines.append(f"- label use: {results['label_use']}")
-        lines.append("")
-    budget = results.get("budget") or {}
-    if budget:
-        sps = budget.get("seconds_per_step")
-        lines += [
-            "## Training budget",
-            "",
-            f"- steps: {budget.get('steps')}"
-            + (f", {sps:.2f} s/step" if sps else "")
-            + (f", peak memory {budget['peak_memory_mb']:.0f} MB" if budget.get("peak_memory_mb") else ""),
-            "",
-        ]
+    return [*lines, ""]
+
+
+def _data_section(data: dict, results: dict) -> list[str]:
+    if not (data or results.get("candidates") or results.get("label_use")):
+        return []
+    lines = ["## Data", ""]
+    if data:
+        source = "tiny fixture (debug=tiny)" if data.get("tiny") else data.get("hub_name") or data.get("path")
+        lines.append(
+            f"- data: `{source}`, trained on split `{data.get('train_split')}`, evaluated on `{data.get('eval_split')}`"
+        )
+    if results.get("candidates"):
+        lines.append(f"- candidates / negatives: {results['candidates']}")
+    if results.get("label_use"):
+        lines.append(f"- label use: {results['label_use']}")
+    return [*lines, ""]
+
+
+def _budget_section(budget: dict) -> list[str]:
+    if not budget:
+        return []
+    sps = budget.get("seconds_per_step")
+    return [
+        "## Training budget",
+        "",
+        f"- steps: {budget.get('steps')}"
+        + (f", {sps:.2f} s/step" if sps else "")
+        + (f", peak memory {budget['peak_memory_mb']:.0f} MB" if budget.get("peak_memory_mb") else ""),
+        "",
+    ]
+
+
+def _scores_section(results: dict, metrics: dict | None, mteb: dict[str, Any] | None) -> list[str]:
     before = (results.get("metrics") or {}).get("before")
     after = (results.get("metrics") or {}).get("after") or metrics
     table = _scores_table(before, after)
-    if table or mteb:
-        lines += ["## Scores", ""]
-        if table:
-            lines += ["Retrieval on the evaluation split (last checkpoint):", "", *table, ""]
-        if mteb:
-            lines += [*_mteb_table(mteb), ""]
+    if not (table or mteb):
+        return []
+    lines = ["## Scores", ""]
+    if table:
+        lines += ["Retrieval on the evaluation split (last checkpoint):", "", *table, ""]
+    if mteb:
+        lines += [*_mteb_table(mteb), ""]
+    return lines
+
+
+def _usage_section(embedder: dict) -> list[str]:
     query_prompt = embedder.get("query_instruction")
     encode_query = 'model.encode(queries, prompt_name="query")' if query_prompt else "model.encode(queries)"
     encode_docs = (
@@ -182,7 +205,7 @@ def model_card(
         if embedder.get("document_instruction")
         else "model.encode(documents)"
     )
-    lines += [
+    return [
         "## Usage",
         "",
         "```python",
@@ -197,8 +220,6 @@ def model_card(
         "Or evaluate it with MTEB: `make eval CKPT=path/to/this/folder TASKS=hotpotqa@dev`.",
         "",
     ]
-    lines += ["## Hyperparameters", "", "```json", json.dumps(hparams, indent=2, default=str), "```", ""]
-    return "\n".join(lines)
 
 
 def run_config(run_dir: str | Path) -> dict[str, Any] | None:
@@ -217,7 +238,7 @@ class ExportEmbedder(L.Callback):
         self.path: Path | None = None
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        embedder = getattr(pl_module, "embedder", None)
+        embedder = pl_module.embedder if isinstance(pl_module, RetrieverModule) else None
         if embedder is None:
             return
         parameters = None

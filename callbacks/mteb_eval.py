@@ -22,6 +22,7 @@ import lightning as L
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
 
+from datamodules.protocols import CorpusSource
 from retrieval.cache import write_json_atomically
 
 DEFAULT_METRICS = ("ndcg_at_10", "recall_at_10", "recall_at_100", "mrr_at_10")
@@ -134,11 +135,7 @@ class MTEBCallback(L.Callback):
 
     def datamodule_task(self, trainer: L.Trainer, task_class: type) -> Any:
         datamodule = trainer.datamodule
-        if (
-            datamodule is None
-            or not hasattr(datamodule, "eval_split")
-            or getattr(datamodule, "hub_name", None)
-        ):
+        if not isinstance(datamodule, CorpusSource) or datamodule.hub_name:
             raise ValueError(
                 "the 'datamodule' MTEB task needs a RetrievalDataModule reading a local folder (data.path)"
             )
@@ -146,7 +143,7 @@ class MTEBCallback(L.Callback):
 
         folder = resolve_data_path(datamodule.path)
         name = f"{datamodule.path if datamodule.path in ALIASES else folder.name}-{datamodule.eval_split}"
-        max_queries = getattr(datamodule, "max_eval_queries", None) or self.max_queries
+        max_queries = datamodule.max_eval_queries or self.max_queries
         return task_class(folder, split=datamodule.eval_split, name=name, max_queries=max_queries)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

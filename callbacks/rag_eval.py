@@ -35,11 +35,19 @@ from callbacks.rag_rows import (
     row_metrics,
 )
 from callbacks.retrieval_eval import RetrievalEvaluation, retrieve_top_k
+from datamodules.protocols import source_name
 from datamodules.records import Document
-from lightning_modules.llm_embedder.score_cache import stable_hash
+from lightning_modules.base import RetrieverModule
 from lightning_modules.llm_embedder.teacher import lm_identity
 from lightning_modules.models.frozen_lm import FrozenCausalLM
-from retrieval.cache import cache_root, read_checked_json, write_checked_json, write_json_atomically
+from lightning_modules.protocols import CachesUntrainedScore
+from retrieval.cache import (
+    cache_key,
+    cache_root,
+    read_checked_json,
+    write_checked_json,
+    write_json_atomically,
+)
 
 CACHE_VERSION = 1
 DEFAULT_LM = {"name_or_path": "smollm2-135m-instruct", "dtype": "bfloat16"}
@@ -151,7 +159,7 @@ class RagEvaluation(L.Callback):
         collectives, and ranks reading different questions (and generating different lengths) would hang."""
         from lightning.pytorch.strategies import FSDPStrategy
 
-        lm = getattr(pl_module, "frozen_lm", None)
+        lm = pl_module.frozen_lm if isinstance(pl_module, RetrieverModule) else None
         if lm is None:
             raise ValueError(
                 f"callbacks.rag.use_module_lm=true, but {type(pl_module).__name__} has no frozen LM "
@@ -201,15 +209,15 @@ class RagEvaluation(L.Callback):
             "chat_template": self.reader.builder.uses_chat,
             "settings": settings,
             "tiny_models": bool((self.settings["lm"] or {}).get("tiny", False)),
-            "data": str(getattr(datamodule, "hub_name", None) or getattr(datamodule, "path", "")),
+            "data": source_name(datamodule),
             "split": datamodule.eval_split,
-            "corpus": stable_hash(corpus.doc_ids),
-            "questions": stable_hash([[q.query_id, q.text, q.answers, q.relevant] for q in questions]),
+            "corpus": cache_key(corpus.doc_ids),
+            "questions": cache_key([[q.query_id, q.text, q.answers, q.relevant] for q in questions]),
         }
         return self._data_key
 
     def _cache_path(self, kind: str, key: dict[str, Any]) -> Path:
-        return cache_root() / "rag" / f"{kind}-{stable_hash(key)[:20]}.json"
+        return cache_root() / "rag" / f"{kind}-{cache_key(key)[:20]}.json"
 
     def _read_cache(self, trainer: L.Trainer, kind: str, key: dict[str, Any] | None) -> Any:
         """Rank 0 reads the entry (None when absent, damaged or switched off) and every rank gets its value."""
@@ -268,7 +276,7 @@ class RagEvaluation(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, questions: list[RagQuestion]
     ) -> dict[str, Any]:
         step = trainer.global_step
-        module_key = pl_module.untrained_score_key() if hasattr(pl_module, "untrained_score_key") else None
+        module_key = pl_module.untrained_score_key() if isinstance(pl_module, CachesUntrainedScore) else None
         start_key = (
             {"module": module_key, **self._key(trainer.datamodule, questions)}
             if step == 0 and module_key is not None

@@ -17,7 +17,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from datamodules.records import Document
-from lightning_modules.dream.lm_loss import per_example_nll
+from lightning_modules.losses.dream import per_example_nll
 from lightning_modules.rabtriever.passes import autocast_for
 
 DEFAULT_TEMPLATE = "{documents}Answer the question in a few words.\nQuestion: {question}"

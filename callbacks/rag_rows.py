@@ -21,6 +21,7 @@ from callbacks.rag_reader import PromptBuilder, read
 from callbacks.retrieval_eval import shard_bounds
 from datamodules.errors import DataFormatError
 from datamodules.mining import bm25_top_k
+from datamodules.protocols import corpus_source, source_name
 from datamodules.records import Document
 from lightning_modules.models.frozen_lm import FrozenCausalLM
 from retrieval.answers import best_match
@@ -41,6 +42,7 @@ class RagQuestion:
 
 def rag_questions(datamodule: Any, max_questions: int | None) -> list[RagQuestion]:
     """The evaluation split's judged queries that have answers, in the retrieval evaluation's order."""
+    datamodule = corpus_source(datamodule, "callbacks.rag")
     corpus = datamodule.load_corpus()
     qrels = corpus.qrels[datamodule.eval_split]
     questions = []
@@ -51,7 +53,7 @@ def rag_questions(datamodule: Any, max_questions: int | None) -> list[RagQuestio
         relevant = sorted((d for d, g in grades.items() if g > 0), key=lambda d: (-grades[d], d))
         questions.append(RagQuestion(query.query_id, query.text, tuple(query.answers), tuple(relevant)))
     if not questions:
-        where = getattr(datamodule, "hub_name", None) or getattr(datamodule, "path", "the data")
+        where = source_name(datamodule)
         raise DataFormatError(
             f"{where} (queries)",
             f"callbacks=rag needs questions with answers, and no query of split "

@@ -13,8 +13,6 @@ Reranked runs hold only k documents per query, so their recall@100 is recall@k.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,35 +22,27 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from datamodules.protocols import corpus_source, source_name
 from lightning_modules.distributed import call_through_strategy, max_over_ranks
 from lightning_modules.models.embedder import Embedder
 from lightning_modules.models.registry import resolve_model_path
+from lightning_modules.rabtriever.module import RabtrieverModule
 from lightning_modules.rabtriever.reranker import rerank_top_k, teacher_pair_scorer
-from retrieval.cache import cache_root, save_tensors_atomically, write_json_atomically
+from retrieval.cache import cache_key, cache_root, cached_tensors, write_json_atomically
 from retrieval.metrics import evaluate_run
 from retrieval.search import exact_top_k
-
-
-def _digest(obj: Any) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
 def _cached(
     name: str, key: Any, compute: Callable[[], dict[str, torch.Tensor]], agree: bool = False
 ) -> dict[str, Any]:
-    """``compute()`` → dict of tensors, through ``<cache>/rabtriever/<name>-<digest(key)>.pt``.
+    """``compute()`` → dict of tensors, through the checksummed ``<cache>/rabtriever/<name>-<key>.checked``.
 
-    ``agree``: read the file only if every rank finds it (``compute`` runs collective LM passes under FSDP:
-    all ranks compute or none does)."""
-    path = cache_root() / "rabtriever" / f"{name}-{_digest(key)}.pt"
-    found = path.exists()
-    if agree:
-        found = max_over_ranks(0 if found else 1) == 0
-    if found:
-        return dict(torch.load(path, weights_only=True))
-    value = compute()
-    save_tensors_atomically(path, value)
-    return dict(value)
+    ``agree``: use the entry only if every rank finds it intact (``compute`` runs collective LM passes under
+    FSDP: all ranks compute or none does)."""
+    path = cache_root() / "rabtriever" / f"{name}-{cache_key(key)[:20]}.checked"
+    every_rank = (lambda found: max_over_ranks(0 if found else 1) == 0) if agree else None
+    return dict(cached_tensors(path, compute, every_rank))
 
 
 class RerankEvaluation(L.Callback):
@@ -84,7 +74,9 @@ class RerankEvaluation(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        dm = trainer.datamodule
+        dm = corpus_source(trainer.datamodule, "rerank evaluation")
+        if not isinstance(pl_module, RabtrieverModule):
+            raise TypeError(f"RerankEvaluation evaluates a RabtrieverModule, not {type(pl_module).__name__}")
         corpus = dm.load_corpus()
         queries = dm.eval_queries()
         query_ids, query_texts = [q.query_id for q in queries], [q.text for q in queries]
@@ -93,44 +85,61 @@ class RerankEvaluation(L.Callback):
         qrels = {q: corpus.qrels[dm.eval_split][q] for q in query_ids}
         if self._fixed is None:
             data_key = {
-                "data": dm.hub_name or str(dm.path),
+                "data": source_name(dm),
                 "split": dm.eval_split,
                 "queries": query_ids,
-                "documents": _digest(doc_ids),
+                "documents": cache_key(doc_ids)[:20],
             }
             # under FSDP inside the wrapped forward, where the sharded LM is usable
-            self._fixed = call_through_strategy(
+            fixed = call_through_strategy(
                 trainer, pl_module, self._first_stage_and_teacher, pl_module, query_texts, doc_texts, data_key
             )
-            for entry in self._fixed.values():
-                entry["metrics"] = evaluate_run(
-                    to_run(query_ids, doc_ids, entry["scores"], entry["indices"]), qrels
-                )[0]
-            self._fixed["random_rerank"] = {
-                "metrics": random_order_metrics(
-                    query_ids, doc_ids, self._fixed["first_stage"]["indices"], qrels
-                ),
-                "seconds": 0.0,
-            }
+            self._fixed = self._with_metrics(fixed, query_ids, doc_ids, qrels)
         candidates = self._fixed["first_stage"]["indices"]
-
         start = time.perf_counter()
         student = call_through_strategy(
             trainer, pl_module, student_rerank_scores, pl_module, query_texts, doc_texts, candidates
         )
         order = student.argsort(dim=1, descending=True, stable=True)
         student_run = to_run(query_ids, doc_ids, student.gather(1, order), candidates.gather(1, order))
-        student_seconds = round(time.perf_counter() - start, 2)
-
         metrics = {name: entry["metrics"] for name, entry in self._fixed.items()}
         metrics["student_rerank"] = evaluate_run(student_run, qrels)[0]
+        seconds = {name: entry["seconds"] for name, entry in self._fixed.items()}
+        self._record(
+            trainer, pl_module, metrics, seconds | {"student_rerank": round(time.perf_counter() - start, 2)}
+        )
+
+    def _with_metrics(
+        self,
+        fixed: dict[str, Any],
+        query_ids: list[str],
+        doc_ids: list[str],
+        qrels: dict[str, dict[str, int]],
+    ) -> dict[str, Any]:
+        """The first stage's and the teacher's metrics, and the random-order floor on the same candidates."""
+        for entry in fixed.values():
+            entry["metrics"] = evaluate_run(
+                to_run(query_ids, doc_ids, entry["scores"], entry["indices"]), qrels
+            )[0]
+        fixed["random_rerank"] = {
+            "metrics": random_order_metrics(query_ids, doc_ids, fixed["first_stage"]["indices"], qrels),
+            "seconds": 0.0,
+        }
+        return fixed
+
+    def _record(
+        self,
+        trainer: L.Trainer,
+        pl_module: RabtrieverModule,
+        metrics: dict[str, dict[str, float]],
+        seconds: dict[str, float],
+    ) -> None:
         record = {
             "step": trainer.global_step,
             "top_k": self.top_k,
             "first_stage": self.first_stage,
             "metrics": metrics,
-            "seconds": {name: entry["seconds"] for name, entry in self._fixed.items()}
-            | {"student_rerank": student_seconds},
+            "seconds": seconds,
             "document_state_seconds": pl_module.document_state_seconds,
         }
         self.history.append(record)
@@ -150,7 +159,7 @@ class RerankEvaluation(L.Callback):
         return {"rerank": self.history[-1]} if self.history else {}
 
     def _first_stage_and_teacher(
-        self, pl_module: L.LightningModule, query_texts: list[str], doc_texts: list[str], data_key: dict
+        self, pl_module: RabtrieverModule, query_texts: list[str], doc_texts: list[str], data_key: dict
     ) -> dict[str, Any]:
         key = {
             "first_stage": self.first_stage,

@@ -14,8 +14,6 @@ the whole corpus on every rank.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from pathlib import Path
@@ -26,9 +24,11 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from callbacks.untrained_cache import read_untrained_score, write_untrained_score
+from datamodules.protocols import corpus_source, source_name
 from datamodules.records import RetrievalCorpus
 from lightning_modules.distributed import call_through_strategy
-from retrieval.cache import write_json_atomically
+from lightning_modules.protocols import CachesUntrainedScore, CorpusRetriever, TextEncoder
+from retrieval.cache import cache_key, write_json_atomically
 from retrieval.metrics import evaluate_run, ranked
 from retrieval.search import exact_top_k
 
@@ -82,7 +82,7 @@ class RetrievalEvaluation(L.Callback):
 
     @torch.no_grad()
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
-        datamodule = trainer.datamodule
+        datamodule = corpus_source(trainer.datamodule, "retrieval evaluation")
         corpus = datamodule.load_corpus()
         queries = datamodule.eval_queries()
         qrels = {q.query_id: corpus.qrels[datamodule.eval_split][q.query_id] for q in queries}
@@ -110,20 +110,20 @@ class RetrievalEvaluation(L.Callback):
 
     # ---- untrained-score cache ---------------------------------------------------------------------------
     def _cache_key(self, trainer: L.Trainer, pl_module: L.LightningModule) -> str | None:
-        key = pl_module.untrained_score_key() if hasattr(pl_module, "untrained_score_key") else None
+        key = pl_module.untrained_score_key() if isinstance(pl_module, CachesUntrainedScore) else None
         if not self.cache_untrained or key is None:
             return None
-        dm = trainer.datamodule
+        dm = corpus_source(trainer.datamodule, "retrieval evaluation")
         corpus = dm.load_corpus()
         full = {
             "module": key,
-            "data": dm.hub_name or str(dm.path),
+            "data": source_name(dm),
             "split": dm.eval_split,
             "queries": [q.query_id for q in dm.eval_queries()],
             "corpus": len(corpus.corpus),
             "top_k": self.top_k,
         }
-        return hashlib.sha1(json.dumps(full, sort_keys=True, default=str).encode()).hexdigest()
+        return cache_key(full)
 
     def _cached_untrained(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any] | None:
         key = self._cache_key(trainer, pl_module)
@@ -163,11 +163,17 @@ def retrieve_top_k(
     show_progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores and corpus indices ``[Q, k]`` of each query's top-k under the current model (every rank gets
-    all of them): the module's own ``retrieve()`` hook when it has one, else sharded encoding + exact search."""
+    all of them): the module's own ``retrieve()`` when it is a :class:`CorpusRetriever`, else sharded
+    encoding (a :class:`TextEncoder`) + exact search (mteb's split between a search model and an encoder)."""
     doc_ids = corpus.doc_ids
-    if hasattr(pl_module, "retrieve"):
+    if isinstance(pl_module, CorpusRetriever):
         return call_through_strategy(
             trainer, pl_module, "retrieve", query_texts, [corpus.corpus[d] for d in doc_ids], k
+        )
+    if not isinstance(pl_module, TextEncoder):
+        raise TypeError(
+            "retrieval evaluation needs a module that encodes texts (encode_queries / encode_documents) or "
+            f"retrieves itself (retrieve), not {type(pl_module).__name__}"
         )
     documents = encode_sharded(
         trainer, pl_module, "encode_documents", [corpus.corpus[d].as_text() for d in doc_ids], show_progress

@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from datamodules.batch import Collator, RetrievalBatch, module_preparer, padded_codes
 from datamodules.beir import load_beir_folder, load_beir_from_hub
 from datamodules.hub_export import cached_export
 from datamodules.missing import check_policy
@@ -106,7 +107,7 @@ class GroupDataset(Dataset):
             if pool
             else []
         )
-        return {"example": example, "documents": [*positives, *negatives]}
+        return {"example": example, "documents": [*positives, *negatives], "epoch": epoch}
 
 
 class RetrievalDataModule(L.LightningDataModule):
@@ -146,7 +147,7 @@ class RetrievalDataModule(L.LightningDataModule):
         seed: int = 42,
         tiny: bool = False,
         on_missing: str = "error",
-        collate: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
+        collate: Callable[[list[dict[str, Any]], dict[str, int]], RetrievalBatch] | None = None,
     ):
         super().__init__()
         if negatives not in NEGATIVE_SOURCES:
@@ -208,7 +209,7 @@ class RetrievalDataModule(L.LightningDataModule):
             dataset,
             batch_size=self.batch_size,
             sampler=self.resumable_sampler(len(dataset)),
-            collate_fn=self._collate,
+            collate_fn=Collator(self._collate, module_preparer(self.trainer)),
             num_workers=self.num_workers,
             drop_last=True,
             generator=torch.Generator().manual_seed(self.seed),  # leaves the global RNG (dropout) untouched
@@ -276,7 +277,7 @@ class RetrievalDataModule(L.LightningDataModule):
         """One placeholder batch: retrieval evaluation itself runs in ``callbacks.RetrievalEvaluation``."""
         return DataLoader([0], batch_size=1)
 
-    def _collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+    def _collate(self, items: list[dict[str, Any]]) -> RetrievalBatch:
         return self.collate(items, self.doc_index)
 
     def eval_queries(self) -> list:
@@ -284,26 +285,19 @@ class RetrievalDataModule(L.LightningDataModule):
         return queries[: self.max_eval_queries] if self.max_eval_queries else queries
 
 
-def collate_groups(items: list[dict[str, Any]], doc_index: dict[str, int]) -> dict[str, Any]:
-    """Raw texts plus integer ids: the format every method's ``training_step`` reads."""
+def collate_groups(items: list[dict[str, Any]], doc_index: dict[str, int]) -> RetrievalBatch:
+    """The texts, ids, corpus codes and labels of sampled groups (each query's positives first)."""
     examples = [item["example"] for item in items]
-    documents = [doc for item in items for doc in item["documents"]]
-    width = max(len(ex.positives) for ex in examples)
-    positive_ids = torch.full((len(examples), width), -1, dtype=torch.long)
-    for row, ex in enumerate(examples):
-        for col, doc in enumerate(ex.positives):
-            positive_ids[row, col] = doc_index.get(doc.doc_id, -1)
-    return {
-        "query_ids": [ex.query_id for ex in examples],
-        "queries": [ex.query for ex in examples],
-        "answers": [list(ex.answers) for ex in examples],
-        "documents": [doc.as_text() for doc in documents],
-        "document_ids": torch.tensor([doc_index.get(doc.doc_id, -1) for doc in documents], dtype=torch.long),
-        "labels": torch.tensor(
-            [
-                [doc.doc_id in {p.doc_id for p in ex.positives} for doc in item["documents"]]
-                for ex, item in zip(examples, items)
-            ]
-        ),
-        "positive_ids": positive_ids,
-    }
+    groups = [item["documents"] for item in items]
+    gold_ids = [{p.doc_id for p in ex.positives} for ex in examples]
+    return RetrievalBatch(
+        query_ids=[ex.query_id for ex in examples],
+        queries=[ex.query for ex in examples],
+        documents=[[doc.as_text() for doc in group] for group in groups],
+        document_ids=[[doc.doc_id for doc in group] for group in groups],
+        document_codes=padded_codes([[doc_index.get(doc.doc_id, -1) for doc in group] for group in groups]),
+        gold=torch.tensor([[doc.doc_id in gold for doc in group] for gold, group in zip(gold_ids, groups)]),
+        answers=[tuple(ex.answers) for ex in examples],
+        positive_codes=padded_codes([[doc_index.get(p.doc_id, -1) for p in ex.positives] for ex in examples]),
+        epoch=items[0]["epoch"] if items else 0,
+    )

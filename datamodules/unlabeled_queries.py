@@ -1,6 +1,6 @@
 """Unlabeled training queries (LLM2Vec-Gen trains on queries alone) with the usual retrieval eval split.
 
-Training batches are ``{"query_ids": [...], "queries": [...]}``; evaluation (corpus, eval split) comes from
+Training batches are query-only :class:`~datamodules.batch.RetrievalBatch` es; evaluation (corpus, eval split) comes from
 :class:`RetrievalDataModule` unchanged, so the retrieval callback works as for every other method.
 """
 
@@ -12,8 +12,10 @@ import random
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.batch import Collator, RetrievalBatch, module_preparer
 from datamodules.errors import DataFormatError
 from datamodules.hub import HubTable, iter_rows
 from datamodules.jsonl import read_jsonl, require_field
@@ -107,8 +109,15 @@ class QueryDataset(Dataset):
         return self.queries[index]
 
 
-def collate_queries(items: list[Query]) -> dict[str, Any]:
-    return {"query_ids": [q.query_id for q in items], "queries": [q.text for q in items]}
+def collate_queries(items: list[Query]) -> RetrievalBatch:
+    """A query-only batch: no documents (each query's group is empty)."""
+    return RetrievalBatch(
+        query_ids=[q.query_id for q in items],
+        queries=[q.text for q in items],
+        documents=[[] for _ in items],
+        document_ids=[[] for _ in items],
+        document_codes=torch.empty(len(items), 0, dtype=torch.long),
+    )
 
 
 class UnlabeledQueryDataModule(RetrievalDataModule):
@@ -157,7 +166,7 @@ class UnlabeledQueryDataModule(RetrievalDataModule):
             dataset,
             batch_size=self.batch_size,
             sampler=self.resumable_sampler(len(dataset)),
-            collate_fn=collate_queries,
+            collate_fn=Collator(collate_queries, module_preparer(self.trainer)),
             num_workers=self.num_workers,
             drop_last=len(dataset) >= self.batch_size,
         )

@@ -37,6 +37,7 @@ USER_ERRORS: dict[str, tuple[str, ...]] = {
     "datamodules.errors": ("DataFormatError", "MTEBTaskUnavailableError"),
     "lightning_modules.models.registry": ("ModelNotFoundError",),
     "lightning_modules.base": ("NonFiniteLossError",),
+    "lightning_modules.settings": ("SettingsError",),  # its message names the model.* key
 }
 
 
@@ -108,8 +109,11 @@ def user_error_message(error: BaseException) -> str | None:
         return str(error)
     cause = error.__cause__
     if type(error).__name__ == "InstantiationException" and isinstance(cause, ValueError | TypeError):
-        key = getattr(error, "full_key", None) or "config"
         nested = user_error_message(cause)
+        settings = sys.modules.get("lightning_modules.settings")
+        if settings is not None and isinstance(cause, settings.SettingsError):
+            return nested  # already names the full key (model.heads.selection ...)
+        key = getattr(error, "full_key", None) or "config"
         return f"{key}: {nested if nested is not None else cause}"
     return None
 

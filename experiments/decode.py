@@ -39,13 +39,13 @@ def run_used_tiny_models(checkpoint: Path) -> bool:
 
 
 def load_module(checkpoint: str | Path, tiny: bool | None = None) -> Any:
-    """The :class:`LLM2VecGen` module of a checkpoint (CPU, eval mode, weights only)."""
+    """The :class:`LLM2VecGenModule` module of a checkpoint (CPU, eval mode, weights only)."""
     path = resolve_checkpoint(checkpoint)
     go_offline()  # before the imports below load huggingface_hub
     from experiments.checkpoints import load_module as load_checkpoint
-    from lightning_modules.llm2vec_gen.module import LLM2VecGen
+    from lightning_modules.llm2vec_gen.module import LLM2VecGenModule
 
-    return load_checkpoint(LLM2VecGen, path, tiny=True if tiny or run_used_tiny_models(path) else None)
+    return load_checkpoint(LLM2VecGenModule, path, tiny=True if tiny or run_used_tiny_models(path) else None)
 
 
 def decode_texts(argv: Sequence[str]) -> list[str]:

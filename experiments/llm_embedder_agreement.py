@@ -92,7 +92,7 @@ def agreement(overrides: list[str], checkpoint: Path | None = None) -> dict:
     report: dict = {"reward": module.reward, "student": str(checkpoint or "untrained"), "tasks": {}}
     for name, examples in datamodule.examples.items():
         task = examples[0].task
-        settings = module.settings.get(task)
+        settings = module.task_settings.get(task)
         if settings is None or not settings.uses_teacher:
             continue
         if any(example.labels is None for example in examples):

@@ -55,7 +55,7 @@ def fine_tune(argv: list[str]) -> Path:
     import lightning as L
 
     from datamodules.retrieval import RetrievalDataModule
-    from lightning_modules.rabtriever.reranker_sft import RerankerSFT
+    from lightning_modules.rabtriever.reranker_sft import RerankerSFTModule
 
     L.seed_everything(args.seed)
     data = RetrievalDataModule(
@@ -63,7 +63,7 @@ def fine_tune(argv: list[str]) -> Path:
     )
     data.setup("fit")  # the data files are read and checked before the LM loads
     prompt = {**_model_config_prompt(), "max_document_tokens": args.max_document_tokens}
-    module = RerankerSFT(args.model, prompt=prompt, lr=args.lr, loss=args.loss)
+    module = RerankerSFTModule(args.model, prompt=prompt, lr=args.lr, loss=args.loss)
     trainer = L.Trainer(
         max_steps=args.steps,
         accelerator="auto",

@@ -190,13 +190,13 @@ def build_released(name: str, settings: ReleasedSettings, out: Path, context: St
 
 def build_reranker_sft(name: str, settings: RerankerSFTSettings, out: Path, context: StageContext) -> dict:
     from datamodules.retrieval import RetrievalDataModule
-    from lightning_modules.rabtriever.reranker_sft import RerankerSFT
+    from lightning_modules.rabtriever.reranker_sft import RerankerSFTModule
 
     seeded(settings)
     data = RetrievalDataModule(
         **{**settings.data, "batch_size": settings.batch_size, "seed": settings.seed, "tiny": context.tiny}
     )
-    module = RerankerSFT(
+    module = RerankerSFTModule(
         settings.model,
         prompt=settings.prompt,
         lora=settings.lora,

@@ -1,5 +1,6 @@
-"""What every method's LightningModule shares: the embedder, the optional frozen LM, the optimiser,
-retrieval for evaluation, export, finite-loss checks, and checkpoints that never hold the frozen LM."""
+"""What every method's LightningModule shares: the embedder, the optional frozen LM, the optimiser, the
+batch preparer, retrieval for evaluation, export, finite-loss checks, and checkpoints that hold the trained
+parameters only (and the optimizer state of those)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from datamodules.batch import BatchPreparer, RetrievalBatch
 from lightning_modules.models.embedder import Embedder
 from lightning_modules.models.frozen_lm import FrozenCausalLM
+from lightning_modules.models.tokenization import EmbedderBatchPreparer, mark_prepared
 
 OptimizerFactory = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
 NO_SCHEDULE = {"kind": "constant", "warmup_ratio": 0.0}  # without a config: the optimizer's own learning rate
@@ -25,8 +28,19 @@ SCHEDULE_KINDS = ("linear", "cosine", "constant")
 FROZEN_PREFIX = "frozen_lm."
 
 
+WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
 class NonFiniteLossError(FloatingPointError):
     pass
+
+
+def state_dict_name(name: str) -> str:
+    """A parameter's name as ``state_dict()`` spells it: without the segments that FSDP, activation
+    checkpointing and ``torch.compile`` wrappers add to ``named_parameters()``."""
+    for segment in WRAPPER_SEGMENTS:
+        name = name.replace(segment, "")
+    return name
 
 
 def gradients_are_finite(grads: list[torch.Tensor]) -> bool:
@@ -97,6 +111,19 @@ class RetrieverModule(L.LightningModule):
         for hparams in (self._hparams, getattr(self, "_hparams_initial", None)):
             if hparams is not None and "optimizer" in hparams:
                 hparams["optimizer"] = optimizer_config(hparams["optimizer"])
+
+    # ---- the batch: tokenised by this module's preparer in the DataLoader workers ----------------------
+    def batch_preparer(self) -> BatchPreparer:
+        """The collate-time work of this method (datamodules call it through ``Collator``): by default the
+        embedder's tokenisation of queries and every group member."""
+        if self.embedder is None:
+            return mark_prepared
+        return EmbedderBatchPreparer(self.embedder.text_tokenizer)
+
+    def prepared(self, batch: RetrievalBatch) -> RetrievalBatch:
+        """``batch`` as the preparer leaves it; prepared here (on this module's device) only when it arrives
+        unprepared, e.g. built by hand or by a DataLoader that does not use :func:`module_preparer`."""
+        return batch if batch.prepared else self.batch_preparer()(batch).to(self.device)
 
     # ---- retrieval interface used by the evaluation callback -------------------------------------------
     def encode_queries(self, texts: list[str], show_progress: bool = False) -> torch.Tensor:
@@ -211,16 +238,37 @@ class RetrieverModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    # ---- checkpoints: the frozen LM is reloaded by name, never stored ----------------------------------
+    # ---- checkpoints: the trained parameters only; frozen weights come back from the named models --------
+    def trained_state_keys(self) -> set[str]:
+        """The state-dict keys a checkpoint stores: every parameter that trains, and the buffers of the
+        modules that own one. Everything else (the frozen LM, a teacher, a LoRA embedder's frozen base) is
+        what the constructor loads by name, so checkpoints leave it out and loading puts it back."""
+        keys: set[str] = set()
+        for name, module in self.named_modules(remove_duplicate=False):
+            prefix = f"{name}." if name else ""
+            trains = [n for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+            keys.update(state_dict_name(prefix + n) for n in trains)
+            if trains:
+                keys.update(state_dict_name(prefix + n) for n, _ in module.named_buffers(recurse=False))
+        return keys
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("state_dict", {})
-        for key in [k for k in state if k.startswith(FROZEN_PREFIX)]:
-            del state[key]
+        state = checkpoint.get("state_dict")
+        if state is not None:
+            kept = self.trained_state_keys()
+            for key in [k for k in state if k not in kept]:
+                del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.frozen_lm is not None and "state_dict" in checkpoint:
-            for key, value in self.frozen_lm.state_dict(prefix=FROZEN_PREFIX).items():
-                checkpoint["state_dict"].setdefault(key, value)
+        """Put back the frozen weights (this module's own, loaded by name); a missing or unknown trained
+        key is still an error of the strict load that follows."""
+        state = checkpoint.get("state_dict")
+        if state is None:
+            return
+        kept = self.trained_state_keys()
+        for key, value in self.state_dict().items():
+            if key not in kept:
+                state.setdefault(key, value)
 
     # evaluation runs in a callback at validation time; the validation loop itself has nothing to do
     def validation_step(self, batch: Any, batch_idx: int) -> None:

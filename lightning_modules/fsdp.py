@@ -23,8 +23,8 @@ are worth recomputing too); the models holding them stop building implicit key/v
 recompute would extend twice. Checkpoints are sharded (``state_dict_type="sharded"``): every rank writes
 its own shard into a checkpoint *directory*, staged and renamed into place once complete, which the same
 Lightning code resumes from. Such a directory is read back with ``torch.distributed.checkpoint``, which
-needs every tensor the model holds, so the frozen LM's tensors are written too, unlike single-file
-checkpoints, where ``RetrieverModule`` drops the frozen LM and reloads it by name.
+needs every tensor the model holds, so the frozen tensors are written too, unlike single-file checkpoints,
+where ``RetrieverModule`` keeps only the trained parameters and reloads the rest by name.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from torch.distributed.fsdp.wrap import CustomPolicy
 from transformers import PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from lightning_modules.base import FROZEN_PREFIX
 from lightning_modules.checkpoint_io import (
     publish_sharded_checkpoint,
     save_sharded_state,
@@ -52,8 +53,6 @@ from lightning_modules.checkpoint_io import (
 from lightning_modules.fsdp_precision import RetrieverFSDPPrecision
 
 CHECKPOINTING_CHOICES = ("none", "embedder", "frozen_lm", "all")
-FROZEN_LM_ATTRIBUTE = "frozen_lm"  # RetrieverModule's attribute name for the frozen LM
-FROZEN_PREFIX = f"{FROZEN_LM_ATTRIBUTE}."
 
 
 def no_split_class_names(model: nn.Module) -> set[str]:
@@ -175,7 +174,7 @@ def disable_implicit_caches(model: nn.Module, layer_names: set[str]) -> list[str
     A decoder called without ``use_cache=False`` builds a key/value cache and appends each layer's keys
     to it; when activation checkpointing recomputes that layer in backward, it appends them again and
     the attention sees twice the keys. Passes that want a cache still ask for one explicitly (DREAM's
-    document prefix, whose cache is read-only afterwards: :class:`~lightning_modules.dream.lm_loss.DocumentPrefixCache`).
+    document prefix, whose cache is read-only afterwards: :class:`~lightning_modules.dream.lm_passes.DocumentPrefixCache`).
     Returns the names of the models changed.
     """
     changed = []

@@ -17,7 +17,9 @@ from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 from mteb.types import PromptType
 
+from lightning_modules.base import RetrieverModule
 from lightning_modules.models.embedder import Embedder
+from lightning_modules.protocols import TextEncoder
 
 PROJECT_ORG = "llm-supervised-retrievers"
 
@@ -50,8 +52,7 @@ def build_model_meta(
 def find_embedder(model: Any) -> Embedder | None:
     if isinstance(model, Embedder):
         return model
-    embedder = getattr(model, "embedder", None)
-    return embedder if isinstance(embedder, Embedder) else None
+    return model.embedder if isinstance(model, RetrieverModule) else None
 
 
 class MTEBEncoder(AbsEncoder):
@@ -90,11 +91,7 @@ class MTEBEncoder(AbsEncoder):
         if symmetric_kind not in ("query", "document"):
             raise ValueError(f"symmetric_kind must be 'query' or 'document', got '{symmetric_kind}'")
         self.embedder = find_embedder(model)
-        uses_module = (
-            not isinstance(model, Embedder)
-            and hasattr(model, "encode_queries")
-            and hasattr(model, "encode_documents")
-        )
+        uses_module = not isinstance(model, Embedder) and isinstance(model, TextEncoder)
         if self.embedder is None and not uses_module:
             raise TypeError(
                 f"cannot evaluate a {type(model).__name__} with mteb: pass an Embedder or a module with "

@@ -9,6 +9,7 @@ hand-edited file) and recompute instead of using it:
 - ``write_checked_bytes`` / ``read_checked_bytes`` (and the ``*_checked_json`` / ``*_checked_tensors``
   wrappers, and ``cached_tensors``) store a length + SHA-256 header: a damaged entry reads as missing
   (``None``), is deleted, and its caller recomputes it.
+- ``cache_key`` is the one key function: the SHA-1 of a canonical JSON of what an entry depends on.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,17 @@ import torch
 
 log = logging.getLogger(__name__)
 CHECKED_MAGIC = b"LSR-CHECKED-1\n"
+
+
+def cache_key(obj: Any, texts: Iterable[str] = ()) -> str:
+    """Hex SHA-1 of the canonical JSON of ``obj`` (sorted keys, non-ASCII kept, ``str()`` for other
+    types), followed by each of ``texts`` and a NUL byte (long text lists are hashed without building
+    one JSON string). Equal inputs give equal keys across processes and runs."""
+    digest = hashlib.sha1(json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode())
+    for text in texts:
+        digest.update(text.encode())
+        digest.update(b"\x00")
+    return digest.hexdigest()
 
 
 def cache_root() -> Path:
@@ -250,9 +262,17 @@ def load_checked_tensors(path: Path) -> Any | None:
         return None
 
 
-def cached_tensors(path: Path, compute: Callable[[], Any]) -> Any:
-    """Load the checked entry at ``path``, or ``compute()`` it, store it and return it."""
+def cached_tensors(
+    path: Path, compute: Callable[[], Any], every_rank: Callable[[bool], bool] | None = None
+) -> Any:
+    """Load the checked entry at ``path``, or ``compute()`` it, store it and return it.
+
+    ``every_rank``: given whether this process found an intact entry, whether every process of a
+    distributed run did; if not, all of them compute (``compute`` may hold collective operations).
+    """
     value = load_checked_tensors(path)
+    if every_rank is not None and not every_rank(value is not None):
+        value = None
     if value is None:
         value = compute()
         save_checked_tensors(path, value)

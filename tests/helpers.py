@@ -47,3 +47,14 @@ def llm_embedder_tiny_overrides(experiment: str, train: bool = False) -> list[st
             "model.eval_precision=fp32",
         ]
     return overrides
+
+
+QUIET = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+
+
+def quiet_trainer(root: Path, max_steps: int = 1, **kwargs: Any) -> Any:
+    """A CPU Lightning Trainer without logging, checkpoint callbacks, progress bars or validation."""
+    import lightning as L
+
+    where = {"accelerator": "cpu", "limit_val_batches": 0, "default_root_dir": str(root)}
+    return L.Trainer(max_steps=max_steps, **where, **QUIET, **kwargs)

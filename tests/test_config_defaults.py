@@ -7,7 +7,8 @@ The reference is every ``exp=<name>`` and ``exp=<name> debug=tiny`` composed and
 - every model block (embedder, frozen LM, Rabtriever's first stage) carries ``tiny: ${tiny_models}``, the
   explicit flag that replaced the ``LSR_TINY_MODELS`` environment variable;
 - the wiring ``experiments.train`` used to add silently is config now: ``trainer.plugins`` (the atomic
-  checkpoint IO) and the ``random_state``, ``preemption`` and ``step_timer`` callbacks.
+  checkpoint IO) and the ``random_state``, ``preemption`` and ``step_timer`` callbacks;
+- the LightningModules were renamed ``<Method>Module`` in ``lightning_modules/<method>/module.py`` (core).
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ WIRING_CALLBACKS = {
     "random_state": "callbacks.resume.RandomStateCheckpoint",
     "preemption": "callbacks.resume.PreemptionAtBatchEnd",
     "step_timer": "callbacks.step_timer.StepTimer",
+}
+RENAMED_MODULES = {  # model._target_ now: before
+    "lightning_modules.contrastive.module.ContrastiveModule": "lightning_modules.contrastive.ContrastiveRetriever",
+    "lightning_modules.dream.module.DreamModule": "lightning_modules.dream.DreamRetriever",
+    "lightning_modules.llm_embedder.module.LLMEmbedderModule": "lightning_modules.llm_embedder.LLMEmbedder",
+    "lightning_modules.llm2vec_gen.module.LLM2VecGenModule": "lightning_modules.llm2vec_gen.LLM2VecGen",
+    "lightning_modules.rabtriever.module.RabtrieverModule": "lightning_modules.rabtriever.module.Rabtriever",
 }
 CHECKPOINT_IO = [{"_target_": "lightning_modules.checkpoint_io.AtomicCheckpointIO"}]
 
@@ -51,6 +59,7 @@ def undo_deliberate_changes(config: dict[str, Any]) -> dict[str, Any]:
     for name, target in WIRING_CALLBACKS.items():
         assert config["callbacks"].pop(name) == {"_target_": target}
     drop_tiny_flags(config, config["tiny_models"])
+    config["model"]["_target_"] = RENAMED_MODULES[config["model"]["_target_"]]
     return config
 
 

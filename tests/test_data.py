@@ -75,9 +75,9 @@ def test_datamodule_groups_put_the_positive_first():
     dm = RetrievalDataModule(path="tiny_hotpotqa", group_size=3, batch_size=2)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    assert len(batch["queries"]) == 2 and len(batch["documents"]) == 6
-    assert batch["labels"][:, 0].all(), "each group starts with a positive"
-    assert batch["positive_ids"].shape[0] == 2
+    assert len(batch.queries) == 2 and len(batch.flat_documents) == 6 and batch.group_size == 3
+    assert batch.gold[:, 0].all(), "each group starts with a positive"
+    assert batch.positive_codes.shape[0] == 2
 
 
 def test_datamodule_sampling_is_deterministic_per_epoch():
@@ -86,7 +86,7 @@ def test_datamodule_sampling_is_deterministic_per_epoch():
         dm.setup("fit")
         loader = dm.train_dataloader()
         loader.sampler.set_epoch(epoch)
-        return next(iter(loader))["documents"]
+        return next(iter(loader)).documents
 
     assert first_batch(0) == first_batch(0)
     assert first_batch(0) != first_batch(1)

@@ -13,7 +13,7 @@ from lightning_modules.dream.attention import (
     attention_name,
     dream_attention_forward,
 )
-from lightning_modules.dream.bias import document_bias, key_position_bias
+from lightning_modules.losses.dream import document_bias, key_position_bias
 from tests.dream_fixtures import WORDS, model, tokenizer, two_question_batch  # noqa: F401 (pytest fixtures)
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lightning_modules.dream.bias import document_bias, key_position_bias
+from lightning_modules.losses.dream import document_bias, key_position_bias
 
 
 def test_document_bias_matches_hand_computed_values():

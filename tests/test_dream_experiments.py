@@ -30,7 +30,7 @@ def test_cluster_experiment_smoke_runs_on_its_tiny_family(tmp_path):
 @pytest.mark.parametrize("experiment", ["dream_tiny_minilm", "dream_1b", "dream_3b"])
 def test_other_dream_experiments_compose_for_the_dream_module(experiment):
     cfg = compose_config([f"exp={experiment}"])
-    assert cfg.model._target_ == "lightning_modules.dream.DreamRetriever"
+    assert cfg.model._target_ == "lightning_modules.dream.module.DreamModule"
     assert cfg.name == experiment and cfg.meta.method == "dream"
     assert cfg.model.frozen_lm.name_or_path != cfg.model.embedder.name_or_path or experiment.startswith(
         "dream_tiny"

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_modules.dream.bias import document_bias, key_position_bias
 from lightning_modules.dream.inputs import IGNORE_INDEX, block_diagonal_mask, build_dream_inputs
-from lightning_modules.dream.lm_loss import dream_lm_loss, mean_target_nll
+from lightning_modules.losses.dream import document_bias, dream_lm_loss, key_position_bias, mean_target_nll
 from tests.dream_fixtures import WORDS, model, tokenizer, two_question_batch  # noqa: F401 (pytest fixtures)
 
 
@@ -52,13 +51,27 @@ def test_no_grad_document_prefix_gives_the_same_loss_and_gradients(model, tokeni
         key_bias = key_position_bias(document_bias(cosines, 0.1), inputs.document_index)
         loss = dream_lm_loss(
             model, inputs, key_bias, heads, reuse_document_cache=reuse, block_diagonal=block_diagonal
-        )
+        ).loss
         loss.backward()
         results.append((loss.detach(), cosines.grad.clone()))
     (full_loss, full_grad), (cached_loss, cached_grad) = results
     assert torch.allclose(full_loss, cached_loss, atol=1e-6)
     assert full_grad.abs().sum() > 0
     assert torch.allclose(full_grad, cached_grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_unbiased_nll_is_the_loss_without_bias_and_carries_no_gradient(model, tokenizer, reuse):
+    inputs = make_inputs(tokenizer)
+    heads = {0: (1, 2)}
+    cosines = torch.tensor([[0.9, 0.1, -0.5], [0.0, 0.8, 0.2]], requires_grad=True)
+    key_bias = key_position_bias(document_bias(cosines, 0.1), inputs.document_index)
+    biased = dream_lm_loss(model, inputs, key_bias, heads, reuse, with_unbiased_nll=True)
+    stock = dream_lm_loss(model, inputs, torch.zeros_like(key_bias), heads, reuse)
+    assert stock.unbiased_nll is None and not biased.unbiased_nll.requires_grad
+    assert torch.allclose(biased.unbiased_nll, stock.loss, atol=1e-6)
+    assert torch.allclose(biased.loss, dream_lm_loss(model, inputs, key_bias, heads, reuse).loss, atol=1e-6)
+    assert not torch.allclose(biased.loss, stock.loss), "the bias changes the NLL"
 
 
 def test_block_diagonal_documents_do_not_see_each_other(model, tokenizer):
@@ -95,7 +108,7 @@ def test_recomputed_layers_reuse_the_document_cache_without_growing_it(tokenizer
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     from lightning_modules.dream.attention import DREAM_SDPA, register_dream_attention
-    from lightning_modules.dream.lm_loss import DocumentPrefixCache, encode_documents_prefix
+    from lightning_modules.dream.lm_passes import DocumentPrefixCache, encode_documents_prefix
     from lightning_modules.fsdp import disable_implicit_caches
     from lightning_modules.models.tiny import tiny_model
 
@@ -112,7 +125,7 @@ def test_recomputed_layers_reuse_the_document_cache_without_growing_it(tokenizer
     for lm in (plain, checkpointed):
         cosines = torch.tensor([[0.9, 0.1, -0.5], [0.0, 0.8, 0.2]], requires_grad=True)
         key_bias = key_position_bias(document_bias(cosines, 0.1), inputs.document_index)
-        loss = dream_lm_loss(lm, inputs, key_bias, {0: (1, 2), 1: (0, 1, 2, 3)})
+        loss = dream_lm_loss(lm, inputs, key_bias, {0: (1, 2), 1: (0, 1, 2, 3)}).loss
         loss.backward()
         results.append((loss.detach(), cosines.grad.clone()))
     torch.testing.assert_close(results[1][0], results[0][0])

@@ -1,4 +1,4 @@
-"""DreamRetriever: gradients reach the embedder only, the frozen LM stays put, heads are chosen as configured."""
+"""DreamModule: gradients reach the embedder only, the frozen LM stays put, heads are chosen as configured."""
 
 from __future__ import annotations
 
@@ -9,20 +9,21 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from datamodules.batch import RetrievalBatch
 from datamodules.mining import bm25_top_k
 from datamodules.retrieval import RetrievalDataModule
-from lightning_modules.dream import DreamRetriever
-from lightning_modules.dream.bias import document_bias, key_position_bias
 from lightning_modules.dream.heads import (
     middle_third_heads,
     parse_head_map,
     rank_heads_by_intervention,
     top_heads,
 )
-from lightning_modules.dream.lm_loss import per_example_nll, suffix_logits
+from lightning_modules.dream.lm_passes import suffix_logits
+from lightning_modules.dream.module import DreamModule
+from lightning_modules.losses.dream import document_bias, key_position_bias, per_example_nll
 
 
-def make_module(**overrides) -> DreamRetriever:
+def make_module(**overrides) -> DreamModule:
     args = dict(
         embedder={"name_or_path": "tiny-llama", "pooling": "mean", "max_length": 32, "lora": {"r": 4}},
         frozen_lm={"name_or_path": "tiny-llama"},
@@ -30,30 +31,32 @@ def make_module(**overrides) -> DreamRetriever:
         optimizer=functools.partial(torch.optim.AdamW, lr=1e-2),
     )
     args.update(overrides)
-    module = DreamRetriever(**args)
+    module = DreamModule(**args)
     module.log = lambda *a, **k: None  # no trainer attached
     return module
 
 
-def tiny_batch() -> dict:
-    return {
-        "query_ids": ["q1", "q2"],
-        "queries": ["which city is the capital of france ?", "what river flows in paris ?"],
-        "answers": [["paris"], ["the seine"]],
-        "documents": [
-            "paris is the capital of france",
-            "the seine is a river",
-            "a city",
-            "the seine flows in paris",
-            "france has a capital",
-            "question answer passage",
-        ],
-        "labels": torch.tensor([[True, False, False], [True, False, False]]),
-    }
+DOCUMENTS = [
+    ["paris is the capital of france", "the seine is a river", "a city"],
+    ["the seine flows in paris", "france has a capital", "question answer passage"],
+]
+
+
+def tiny_batch(documents: list[list[str]] | None = None) -> RetrievalBatch:
+    documents = documents or DOCUMENTS
+    return RetrievalBatch(
+        query_ids=["q1", "q2"],
+        queries=["which city is the capital of france ?", "what river flows in paris ?"],
+        documents=documents,
+        document_ids=[[f"d{i}{j}" for j in range(len(row))] for i, row in enumerate(documents)],
+        document_codes=torch.arange(sum(map(len, documents))).view(len(documents), -1),
+        gold=torch.tensor([[True] + [False] * (len(row) - 1) for row in documents]),
+        answers=[("paris",), ("the seine",)],
+    )
 
 
 @pytest.fixture(scope="module")
-def module() -> DreamRetriever:
+def module() -> DreamModule:
     return make_module()
 
 
@@ -68,7 +71,7 @@ def test_gradients_reach_the_embedder_and_nothing_else_and_the_lm_is_unchanged()
     module = make_module()
     module.train()
     batch = tiny_batch()
-    probe = module.build_inputs([batch["documents"][:3]], batch["queries"][:1], batch["answers"][:1])
+    probe = module.batch_preparer().lm_inputs(batch.documents[:1], batch.queries[:1], batch.answers[:1])
     with torch.no_grad():
         before = module.frozen_lm(
             input_ids=probe.input_ids, attention_mask=probe.attention_mask
@@ -96,16 +99,34 @@ def test_gradients_reach_the_embedder_and_nothing_else_and_the_lm_is_unchanged()
 
 def test_candidate_modes_and_targets(module):
     batch = tiny_batch()
-    rows, gold = module.candidate_texts(batch)
-    assert [sorted(r) for r in rows] == [sorted(batch["documents"][:3]), sorted(batch["documents"][3:])]
-    assert all(row[int(g.float().argmax())] in batch["documents"][::3] for row, g in zip(rows, gold))
-    in_batch = make_module(candidates="in_batch")
-    rows, gold = in_batch.candidate_texts(batch)
-    assert rows == [batch["documents"]] * 2 and gold is None
-    assert module.target_and_prompt("who?", ["paris"]) == ("Question: who?\nAnswer:", " paris")
-    assert module.target_and_prompt("who?", []) == ("A question that these passages answer:", " who?")
+    prepared = module.batch_preparer()(batch)
+    assert [sorted(r) for r in prepared.documents] == [sorted(r) for r in DOCUMENTS]
+    assert prepared.documents != DOCUMENTS, "the groups are shuffled (seeded per query and epoch)"
+    for row, ids, gold in zip(prepared.documents, prepared.document_ids, prepared.gold):
+        assert row[int(gold.float().argmax())] in (DOCUMENTS[0][0], DOCUMENTS[1][0]), "gold moves with it"
+        assert [DOCUMENTS[int(i[1])][int(i[2])] for i in ids] == row, "ids move with it"
+    expected = module.embedder.text_tokenizer(prepared.flat_documents, "document")
+    assert torch.equal(prepared.embedder_inputs.documents.input_ids, expected.input_ids)
+    assert prepared.embedder_inputs.candidates.tolist() == [[0, 1, 2], [3, 4, 5]]
+    in_batch = make_module(candidates="in_batch").batch_preparer()(batch)
+    assert in_batch.embedder_inputs.candidates.tolist() == [list(range(6))] * 2
+    assert in_batch.lm_inputs.document_index.max().item() == 5, "six candidates per query"
+    settings = module.settings
+    assert settings.prompt_and_target("who?", ["paris"]) == ("Question: who?\nAnswer:", " paris")
+    assert settings.prompt_and_target("who?", []) == ("A question that these passages answer:", " who?")
     query_target = make_module(target="query")
-    assert query_target.target_and_prompt("who?", ["paris"])[1] == " who?"
+    assert query_target.settings.prompt_and_target("who?", ["paris"])[1] == " who?"
+
+
+def test_shared_candidates_are_embedded_once_and_the_cosines_index_them(module):
+    shared = [["paris is the capital of france", "a city"], ["a city", "the seine is a river"]]
+    batch = make_module(shuffle_candidates=False).batch_preparer()(tiny_batch(shared))
+    inputs = batch.embedder_inputs
+    assert len(inputs.documents) == 3 and inputs.candidates.tolist() == [[0, 1], [1, 2]]
+    expected = module.embedder.text_tokenizer(
+        ["paris is the capital of france", "a city", "the seine is a river"], "document"
+    )
+    assert torch.equal(inputs.documents.input_ids, expected.input_ids)
 
 
 @pytest.mark.parametrize(
@@ -134,8 +155,7 @@ def test_head_maps():
 
 def test_intervention_effect_is_the_nll_difference_of_each_head(module):
     batch = tiny_batch()
-    documents = [batch["documents"][:3], batch["documents"][3:]]
-    inputs = module.build_inputs(documents, batch["queries"], batch["answers"])
+    inputs = module.batch_preparer().lm_inputs(batch.documents, batch.queries, batch.answers)
     gold = torch.tensor([[True, False, False], [True, False, False]])
     ranking = rank_heads_by_intervention(module.frozen_lm.model, inputs, gold, 0.1)
     assert len(ranking) == 3 * 4
@@ -179,23 +199,27 @@ def test_mined_candidates_come_from_the_corpus_without_labels(mine_with):
     datamodule.setup("fit")
     module._trainer = SimpleNamespace(datamodule=datamodule, global_step=0)
     examples = datamodule.train_examples[:2]
-    batch = {
-        "query_ids": [e.query_id for e in examples],
-        "queries": [e.query for e in examples],
-        "answers": [list(e.answers) for e in examples],
-        "documents": ["unused"] * 6,
-    }
-    rows, gold = module.candidate_texts(batch)
+    batch = RetrievalBatch(
+        query_ids=[e.query_id for e in examples],
+        queries=[e.query for e in examples],
+        documents=[["unused"] * 3 for _ in examples],
+        document_ids=[["u"] * 3 for _ in examples],
+        document_codes=torch.full((2, 3), -1),
+        answers=[e.answers for e in examples],
+    )
+    prepared = module.batch_preparer()(batch)
+    assert prepared.embedder_inputs is None, "mined candidates are chosen at step time"
+    mined = module.with_mined_candidates(prepared)
+    unique = list(dict.fromkeys(t for q in batch.query_ids for t in module.mined.rows[q]))
+    rows = [[unique[int(i)] for i in row] for row in mined.embedder_inputs.candidates]
     documents = list(datamodule.load_corpus().corpus.values())
     if mine_with == "bm25":
-        expected = bm25_top_k(batch["queries"], documents, 4)
+        expected = bm25_top_k(batch.queries, documents, 4)
     else:
         scores = (
-            module.encode_queries(batch["queries"])
-            @ module.encode_documents([d.as_text() for d in documents]).T
+            module.encode_queries(batch.queries) @ module.encode_documents([d.as_text() for d in documents]).T
         )
         expected = scores.topk(4, dim=1).indices.tolist()
-    assert gold is None
     assert rows == [[documents[i].as_text() for i in row] for row in expected]
     loss = module.training_step(batch, 0)
     assert torch.isfinite(loss)

@@ -25,8 +25,7 @@ import torch
 from hydra.utils import instantiate
 
 from lightning_modules.dream.attention import DREAM_FLASH, attention_name
-from lightning_modules.dream.bias import document_bias, key_position_bias
-from lightning_modules.dream.lm_loss import dream_lm_loss
+from lightning_modules.losses.dream import document_bias, dream_lm_loss, key_position_bias
 from tests.dream_fixtures import (  # noqa: F401
     DOCUMENTS,
     TARGETS,
@@ -147,7 +146,7 @@ def test_suffix_pass_over_the_document_cache_matches_sdpa(flash_calls, tokenizer
     for backend in ("sdpa", "flash"):
         model.set_attn_implementation(attention_name(backend))
         for reuse in (False, True):
-            losses[backend, reuse] = dream_lm_loss(model, inputs, key_bias, {1: (0, 2)}, reuse)
+            losses[backend, reuse] = dream_lm_loss(model, inputs, key_bias, {1: (0, 2)}, reuse).loss
     assert flash_calls["flash_attn_varlen_func"] >= 2  # padded rows go through the packed kernel
     for key, value in losses.items():
         torch.testing.assert_close(value, losses["sdpa", False], rtol=1e-5, atol=1e-6, msg=str(key))

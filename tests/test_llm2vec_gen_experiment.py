@@ -21,7 +21,7 @@ def test_vendored_nq_open_sample_loads_and_subsamples_deterministically():
         picks.append([q.query_id for q in datamodule.train_queries])
     assert picks[0] == picks[1] and len(picks[0]) == 50
     batch = next(iter(datamodule.train_dataloader()))
-    assert set(batch) == {"query_ids", "queries"} and len(batch["queries"]) == 8
+    assert len(batch.queries) == len(batch.query_ids) == 8 and batch.group_size == 0, "queries only"
     assert datamodule.eval_queries(), "the HotpotQA eval split comes with the unlabeled queries"
 
 

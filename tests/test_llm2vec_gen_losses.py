@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lightning_modules.losses.reconstruction import alignment_loss, reconstruction_loss
+from lightning_modules.losses.llm2vec_gen import alignment_loss, reconstruction_loss
 
 
 def test_reconstruction_loss_is_the_mean_token_nll():

@@ -1,4 +1,4 @@
-"""The LLM2VecGen module on tiny models: what trains, what the decoder sees, the loss parts, checkpoints."""
+"""The LLM2VecGenModule module on tiny models: what trains, what the decoder sees, the loss parts, checkpoints."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from datamodules.batch import RetrievalBatch
 from datamodules.unlabeled_queries import UnlabeledQueryDataModule
-from lightning_modules.llm2vec_gen import LLM2VecGen
 from lightning_modules.llm2vec_gen.generation import Response
+from lightning_modules.llm2vec_gen.module import LLM2VecGenModule
 
 TRAINABLE = {
     "special_tokens",
@@ -22,7 +23,7 @@ TRAINABLE = {
 }
 
 
-def build_module(**overrides) -> LLM2VecGen:
+def build_module(**overrides) -> LLM2VecGenModule:
     torch.manual_seed(0)
     args = dict(
         frozen_lm={"name_or_path": "tiny-llama"},
@@ -36,11 +37,11 @@ def build_module(**overrides) -> LLM2VecGen:
         eval_batch_size=4,
     )
     args.update(overrides)
-    return LLM2VecGen(**args)
+    return LLM2VecGenModule(**args)
 
 
 @pytest.fixture(scope="module")
-def module() -> LLM2VecGen:
+def module() -> LLM2VecGenModule:
     return build_module()
 
 
@@ -198,3 +199,30 @@ def test_debug_tiny_caps_the_response_budget():
         generation={"max_new_tokens": 500}, frozen_lm={"name_or_path": "tiny-llama", "tiny": True}
     )
     assert capped.generation_settings.max_new_tokens == TINY_MAX_NEW_TOKENS
+
+
+def test_a_preparer_made_before_the_responses_exist_still_sees_them(tmp_path, monkeypatch):
+    """Lightning may build the train loader (and its collator) before on_fit_start generates the responses."""
+    monkeypatch.setenv("LSR_CACHE_DIR", str(tmp_path))
+    module = build_module()
+    preparer = module.batch_preparer()
+    module.prepare_responses(["a", "b"], ["who wrote the song", "where is the river"], show_progress=False)
+    batch = RetrievalBatch(
+        query_ids=["b", "a"],
+        queries=["where is the river", "who wrote the song"],
+        documents=[[], []],
+        document_ids=[[], []],
+        document_codes=torch.empty(2, 0, dtype=torch.long),
+    )
+    inputs = preparer(batch).lm_inputs
+    assert torch.equal(
+        inputs.teacher_targets, torch.stack([module.teacher_targets["b"], module.teacher_targets["a"]])
+    )
+    torch.testing.assert_close(
+        module.step_losses(inputs)["loss"],
+        module.losses(batch.queries, [module.responses["b"], module.responses["a"]], inputs.teacher_targets)[
+            "loss"
+        ],
+    )
+    with pytest.raises(KeyError, match="no cached response"):
+        preparer(RetrievalBatch(["c"], ["new"], [[]], [[]], torch.empty(1, 0, dtype=torch.long)))

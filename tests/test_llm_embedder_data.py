@@ -12,6 +12,7 @@ from datamodules.llm_embedder_tasks.datamodule import (
     MultiTaskDataModule,
     TaskGroupDataset,
     collate_task_groups,
+    id_code,
     load_task_examples,
 )
 from datamodules.llm_embedder_tasks.long_context import chunk_examples
@@ -104,8 +105,11 @@ def test_groups_put_a_labelled_positive_first_and_collate_one_task():
     tool = load_task_examples("tool", {"num_candidates": 8})
     dataset = TaskGroupDataset({"tool": tool}, {"tool": 4}, seed=0)
     batch = collate_task_groups([dataset[("tool", i, 0)] for i in range(3)])
-    assert batch["task"] == "tool" and len(batch["keys"]) == 12
-    assert batch["labels"][:, 0].all() and batch["labels"].shape == (3, 4)
+    assert batch.task == "tool" and len(batch.flat_documents) == 12 and batch.group_size == 4
+    assert batch.gold[:, 0].all() and batch.gold.shape == (3, 4)
+    assert batch.document_codes.shape == (3, 4)
+    shared = batch.document_ids[0][0]  # equal ids get equal codes, on every rank
+    assert batch.document_codes[0, 0].item() == id_code(shared) != id_code(shared + "x")
     with pytest.raises(DataFormatError, match="group_size"):
         TaskGroupDataset({"tool": tool}, {"tool": 9}, seed=0)
 
@@ -119,9 +123,9 @@ def test_datamodule_batches_and_eval_interface():
     )
     dm.setup("fit")
     batches = list(dm.train_dataloader())
-    assert len(batches) == 6 and {b["task"] for b in batches} <= {"qa", "tool"}
+    assert len(batches) == 6 and {b.task for b in batches} <= {"qa", "tool"}
     for batch in batches:
-        group = 5 if batch["task"] == "qa" else 4
-        assert len(batch["keys"]) == 2 * group
-        assert (batch["labels"] is None) == (batch["task"] == "qa")
+        group = 5 if batch.task == "qa" else 4
+        assert len(batch.flat_documents) == 2 * group
+        assert (batch.gold is None) == (batch.task == "qa")
     assert dm.eval_queries() and dm.load_corpus().corpus

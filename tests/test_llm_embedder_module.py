@@ -1,4 +1,4 @@
-"""The LLMEmbedder LightningModule on tiny random models, and smoke runs of its experiments (debug=tiny)."""
+"""The LLMEmbedderModule LightningModule on tiny random models, and smoke runs of its experiments (debug=tiny)."""
 
 from __future__ import annotations
 
@@ -9,25 +9,31 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from datamodules.batch import RetrievalBatch
 from datamodules.llm_embedder_tasks.datamodule import (
     TaskGroupDataset,
     collate_task_groups,
+    id_code,
     load_task_examples,
 )
 from experiments import CONFIG_DIR
 from experiments.train import train
-from lightning_modules.llm_embedder import LLMEmbedder, ScoringItem
+from lightning_modules.llm_embedder.module import LLMEmbedderModule
+from lightning_modules.llm_embedder.teacher import ScoringItem
+from lightning_modules.losses.llm_embedder import same_or_positive_keys
 from tests.helpers import llm_embedder_tiny_overrides
 
 EMBEDDER = {"name_or_path": "tiny-bert", "pooling": "mean", "max_length": 32}
 
 
-def make_module(tmp_path: Path, **kwargs) -> LLMEmbedder:
+def make_module(tmp_path: Path, **kwargs) -> LLMEmbedderModule:
     teacher = {"cache_dir": str(tmp_path / "scores"), "show_progress": False, "key_max_tokens": 24}
-    return LLMEmbedder(embedder=EMBEDDER, frozen_lm={"name_or_path": "tiny-llama"}, teacher=teacher, **kwargs)
+    return LLMEmbedderModule(
+        embedder=EMBEDDER, frozen_lm={"name_or_path": "tiny-llama"}, teacher=teacher, **kwargs
+    )
 
 
-def batch_of(task: str, spec: dict, group: int, size: int = 3) -> dict:
+def batch_of(task: str, spec: dict, group: int, size: int = 3) -> RetrievalBatch:
     examples = load_task_examples(task, spec, tiny=True)
     dataset = TaskGroupDataset({task: examples}, {task: group}, seed=0)
     return collate_task_groups([dataset[(task, i, 0)] for i in range(size)])
@@ -43,13 +49,13 @@ def test_graded_distillation_step_trains_the_embedder_only(tmp_path):
     assert any(g is not None and g.abs().sum() > 0 for g in embedder_grads)
     assert all(p.grad is None for p in module.frozen_lm.parameters())
     # the step's teacher scores are on disk now: a lookup needs no LM call
-    item = ScoringItem(batch["keys"][0], batch["queries"][0], batch["answers"][0])
-    cache = module.teacher.cache(module.settings["qa"].template)
-    assert not cache.missing(module.teacher.keys(module.settings["qa"].template, [item]))
+    item = ScoringItem(batch.documents[0][0], batch.queries[0], batch.first_answers[0])
+    cache = module.teacher.cache(module.task_settings["qa"].template)
+    assert not cache.missing(module.teacher.keys(module.task_settings["qa"].template, [item]))
 
 
 def test_contrastive_task_needs_no_teacher_and_kl_task_uses_it(tmp_path):
-    module = LLMEmbedder(embedder=EMBEDDER, frozen_lm=None)
+    module = LLMEmbedderModule(embedder=EMBEDDER, frozen_lm=None)
     tool = batch_of("tool", {"num_candidates": 8}, group=4)
     assert torch.isfinite(module.training_step(tool, 0))
     with pytest.raises(ValueError, match="frozen_lm is null"):
@@ -60,18 +66,21 @@ def test_contrastive_task_needs_no_teacher_and_kl_task_uses_it(tmp_path):
 
 
 def test_shared_tool_keys_are_not_negatives_of_each_other():
-    batch = {"key_ids": ["a", "b", "a", "c"]}
-    exclude = LLMEmbedder._same_or_positive_keys(batch, None, torch.tensor([0, 2]), torch.device("cpu"))
+    codes = torch.tensor([id_code(i) for i in ["a", "b", "a", "c"]])
+    exclude = same_or_positive_keys(codes, None, torch.tensor([0, 2]))
     assert exclude.tolist() == [[True, False, True, False], [True, False, True, False]]
+    labels = torch.tensor([[False, True], [False, False]])  # query 0's second key is a labelled positive too
+    exclude = same_or_positive_keys(codes, labels, torch.tensor([0, 2]))
+    assert exclude.tolist() == [[True, True, True, False], [True, False, True, False]]
 
 
 def test_eval_uses_the_eval_task_instructions(tmp_path):
-    module = LLMEmbedder(embedder=EMBEDDER, frozen_lm=None)
+    module = LLMEmbedderModule(embedder=EMBEDDER, frozen_lm=None)
     plain = module.embedder.encode(["hello"], "query")
     instructed = module.encode_queries(["hello"])
     assert not torch.allclose(plain, instructed)
     assert torch.allclose(
-        module.embedder.encode([module.settings["qa"].query_instruction + "hello"], "query"), instructed
+        module.embedder.encode([module.task_settings["qa"].query_instruction + "hello"], "query"), instructed
     )
     assert module.untrained_score_key()["task_instructions"]["query"].startswith("Represent this query")
 

@@ -54,7 +54,7 @@ def test_export_loads_with_sentence_transformers_and_matches(tmp_path, tiny_llam
         "metrics": {"before": {"ndcg@10": 0.1}, "after": {"ndcg@10": 0.25}},
     }
     card = model_card(
-        "DreamRetriever",
+        "DreamModule",
         hparams,
         results=results,
         config={"data": {"path": "hotpotqa", "train_split": "train", "eval_split": "dev"}},

@@ -10,7 +10,7 @@ import torch
 from hydra.utils import instantiate
 
 from datamodules.retrieval import RetrievalDataModule
-from lightning_modules.contrastive import ContrastiveRetriever
+from lightning_modules.contrastive.module import ContrastiveModule
 from tests.helpers import compose_config
 
 
@@ -18,7 +18,7 @@ def test_the_config_gives_a_partial_adamw_and_the_module_splits_weight_decay(tin
     cfg = compose_config(["exp=default"])
     factory = instantiate(cfg.model.optimizer)
     assert isinstance(factory, functools.partial) and factory.func is torch.optim.AdamW
-    module = ContrastiveRetriever(
+    module = ContrastiveModule(
         embedder={"name_or_path": tiny_bert_path},
         optimizer=factory,
         scheduler={"kind": "linear", "warmup_ratio": 0.5},
@@ -38,7 +38,7 @@ def test_the_config_gives_a_partial_adamw_and_the_module_splits_weight_decay(tin
 
 
 def test_a_checkpoint_records_the_optimizer_as_config_and_loads_weights_only(tmp_path, tiny_bert_path):
-    module = ContrastiveRetriever(
+    module = ContrastiveModule(
         embedder={"name_or_path": tiny_bert_path},
         optimizer=functools.partial(torch.optim.AdamW, lr=3e-4, weight_decay=0.1),
     )
@@ -50,7 +50,7 @@ def test_a_checkpoint_records_the_optimizer_as_config_and_loads_weights_only(tmp
     trainer.save_checkpoint(tmp_path / "model.ckpt")
     stored = torch.load(tmp_path / "model.ckpt", weights_only=True)["hyper_parameters"]["optimizer"]
     assert stored == {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 3e-4, "weight_decay": 0.1}
-    restored = ContrastiveRetriever.load_from_checkpoint(tmp_path / "model.ckpt", weights_only=True)
+    restored = ContrastiveModule.load_from_checkpoint(tmp_path / "model.ckpt", weights_only=True)
     rebuilt = restored.optimizer_factory([torch.nn.Parameter(torch.zeros(2, 2))])
     assert isinstance(rebuilt, torch.optim.AdamW)
     assert (rebuilt.defaults["lr"], rebuilt.defaults["weight_decay"]) == (3e-4, 0.1)

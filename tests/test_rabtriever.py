@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
+from datamodules.batch import RetrievalBatch
 from datamodules.records import Document
-from lightning_modules.rabtriever.module import Rabtriever
+from lightning_modules.rabtriever.module import RabtrieverModule
 from lightning_modules.rabtriever.predictor import build_predictor
 from lightning_modules.rabtriever.prompt import PromptTokenizer, RelevancePrompt, relevance_token_ids
 from lightning_modules.rabtriever.reranker import rerank, rerank_top_k
@@ -24,8 +27,8 @@ QUERIES = ["which city does the river flow through", "who directed the film", "w
 
 
 @pytest.fixture(scope="module")
-def module() -> Rabtriever:
-    model = Rabtriever(
+def module() -> RabtrieverModule:
+    model = RabtrieverModule(
         frozen_lm={"name_or_path": "tiny-llama"},
         prompt=TINY_PROMPT,
         predictor={"kind": "mlp", "inner_size": 32},
@@ -93,23 +96,55 @@ def test_document_states_equal_the_teachers_document_prefix(module):
 
 def test_rabtriever_refuses_a_trainable_embedder():
     with pytest.raises(ValueError, match="no trainable embedder"):
-        Rabtriever(
+        RabtrieverModule(
             frozen_lm={"name_or_path": "tiny-llama"},
             embedder={"name_or_path": "tiny-bert"},
             prompt=TINY_PROMPT,
         )
 
 
-def _batch(queries: list[str], group: int) -> dict:
-    return {
-        "queries": queries,
-        "documents": [DOCUMENTS[(i + j) % len(DOCUMENTS)] for i in range(len(queries)) for j in range(group)],
-    }
+def _batch(queries: list[str], group: int) -> RetrievalBatch:
+    documents = [[DOCUMENTS[(i + j) % len(DOCUMENTS)] for j in range(group)] for i in range(len(queries))]
+    return RetrievalBatch(
+        query_ids=[f"q{i}" for i in range(len(queries))],
+        queries=queries,
+        documents=documents,
+        document_ids=[[f"d{(i + j) % len(DOCUMENTS)}" for j in range(group)] for i in range(len(queries))],
+        document_codes=torch.tensor(
+            [[(i + j) % len(DOCUMENTS) for j in range(group)] for i in range(len(queries))]
+        ),
+    )
+
+
+def sft_training_losses(sft, batch: RetrievalBatch, steps: int) -> list[float]:
+    """The losses of ``steps`` optimisation steps of the reranker SFT module on one batch."""
+    optimizer = sft.configure_optimizers()
+
+    def step() -> float:
+        loss = sft.training_step(batch, 0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    return [step() for _ in range(steps)]
+
+
+def labelled_batch(group: int, gold: torch.Tensor) -> RetrievalBatch:
+    """Two queries, each with the next ``group`` of DOCUMENTS (query 0: the first ``group``), and labels."""
+    return RetrievalBatch(
+        query_ids=["q0", "q1"],
+        queries=QUERIES[:2],
+        documents=[DOCUMENTS[i * group : (i + 1) * group] for i in range(2)],
+        document_ids=[[f"d{i * group + j}" for j in range(group)] for i in range(2)],
+        document_codes=torch.arange(2 * group).view(2, group),
+        gold=gold,
+    )
 
 
 @pytest.mark.parametrize(("kind", "kl_over"), [("mlp", "relevance"), ("cross_attention", "vocabulary")])
 def test_only_the_predictor_trains(kind, kl_over):
-    model = Rabtriever(
+    model = RabtrieverModule(
         frozen_lm={"name_or_path": "tiny-llama"},
         prompt=TINY_PROMPT,
         kl_over=kl_over,
@@ -214,24 +249,13 @@ def test_experiment_smoke_runs_with_tiny_models(experiment, tmp_path):
 def test_reranker_sft_trains_lora_only_and_saves_the_merged_teacher(tmp_path):
     from lightning_modules.models.frozen_lm import load_frozen_lm
     from lightning_modules.rabtriever.passes import RelevanceLM
-    from lightning_modules.rabtriever.reranker_sft import RerankerSFT
+    from lightning_modules.rabtriever.reranker_sft import RerankerSFTModule
 
-    sft = RerankerSFT("tiny-llama", prompt=TINY_PROMPT, lora={"r": 4}, lr=5e-3)
+    sft = RerankerSFTModule("tiny-llama", prompt=TINY_PROMPT, lora={"r": 4}, lr=5e-3)
     trainable = [name for name, p in sft.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in name for name in trainable)
-    batch = {
-        "queries": QUERIES[:2],
-        "documents": DOCUMENTS[:4],
-        "labels": torch.tensor([[True, False], [False, True]]),
-    }
-    optimizer = sft.configure_optimizers()
-    losses = []
-    for _ in range(8):
-        loss = sft.training_step(batch, 0)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    batch = labelled_batch(2, torch.tensor([[True, False], [False, True]]))
+    losses = sft_training_losses(sft, batch, steps=8)
     assert losses[-1] < losses[0]
     model, tokenizer = load_frozen_lm(str(sft.save_merged(tmp_path / "teacher")))
     merged = RelevanceLM(model, tokenizer, RelevancePrompt(**TINY_PROMPT))
@@ -242,7 +266,7 @@ def test_reranker_sft_trains_lora_only_and_saves_the_merged_teacher(tmp_path):
 
 def test_on_policy_adds_the_students_current_top_documents(module, monkeypatch):
     monkeypatch.setattr(module, "on_policy_pool", lambda: DOCUMENTS)
-    monkeypatch.setattr(module, "on_policy_top_m", 2)
+    monkeypatch.setattr(module, "settings", replace(module.settings, on_policy_top_m=2))
     batch = _batch(QUERIES[:2], 2)
     pair_queries, pair_documents = module.training_pairs(batch)
     assert len(pair_queries) == len(pair_documents) == 2 * (2 + 2)
@@ -251,7 +275,7 @@ def test_on_policy_adds_the_students_current_top_documents(module, monkeypatch):
             module.query_states(QUERIES[:2])[:, None], module.lm.document_states(DOCUMENTS)[None]
         )
     for row in range(2):
-        group = batch["documents"][2 * row : 2 * row + 2]
+        group = batch.documents[row]
         ranked = [
             DOCUMENTS[i] for i in scores[row].argsort(descending=True).tolist() if DOCUMENTS[i] not in group
         ]
@@ -279,24 +303,30 @@ def test_random_order_reference_matches_the_expected_ndcg_and_mrr():
 
 def test_reranker_sft_listwise_option_softmaxes_each_querys_group():
     from lightning_modules.losses.rabtriever import listwise_relevance_loss
-    from lightning_modules.rabtriever.reranker_sft import RerankerSFT
+    from lightning_modules.rabtriever.reranker_sft import RerankerSFTModule
 
     with pytest.raises(ValueError, match="sft loss must be one of pointwise, listwise; got 'pairwise'"):
-        RerankerSFT("tiny-llama", prompt=TINY_PROMPT, loss="pairwise")
+        RerankerSFTModule("tiny-llama", prompt=TINY_PROMPT, loss="pairwise")
     torch.manual_seed(0)
-    sft = RerankerSFT("tiny-llama", prompt=TINY_PROMPT, lora={"r": 4}, lr=1e-3, loss="listwise")
+    sft = RerankerSFTModule("tiny-llama", prompt=TINY_PROMPT, lora={"r": 4}, lr=1e-3, loss="listwise")
     labels = torch.tensor([[True, False, False], [False, True, False]])
-    batch = {"queries": QUERIES[:2], "documents": DOCUMENTS, "labels": labels}
+    batch = labelled_batch(3, labels)
     with torch.no_grad():
         logits = sft.lm.teacher([q for q in QUERIES[:2] for _ in range(3)], DOCUMENTS).relevance_logits
         expected = listwise_relevance_loss(logits.view(2, 3, -1), labels)
         assert sft.training_step(batch, 0).item() == pytest.approx(expected.item(), abs=1e-5)
-    optimizer = sft.configure_optimizers()
-    losses = []
-    for _ in range(6):
-        loss = sft.training_step(batch, 0)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = sft_training_losses(sft, batch, steps=6)
     assert losses[-1] < losses[0]
+
+
+def test_stored_document_states_are_checksummed_and_recomputed_when_damaged(module, tmp_path, monkeypatch):
+    from lightning_modules.rabtriever.state_store import cached_document_states
+
+    monkeypatch.setenv("LSR_CACHE_DIR", str(tmp_path))
+    states, seconds = cached_document_states("tiny", module.lm, DOCUMENTS, 4, "fp32")
+    (path,) = (tmp_path / "rabtriever").glob("states-*.checked")
+    again, stored_seconds = cached_document_states("tiny", module.lm, DOCUMENTS, 4, "fp32")
+    assert torch.equal(again, states) and stored_seconds == seconds, "read back from the cache"
+    path.write_bytes(path.read_bytes()[:-16])  # a truncated copy
+    recomputed, _ = cached_document_states("tiny", module.lm, DOCUMENTS, 4, "fp32")
+    assert torch.allclose(recomputed, states) and path.exists(), "damage is detected and the entry rewritten"

@@ -162,7 +162,7 @@ def test_a_stop_signal_writes_last_ckpt_after_the_running_batch_and_stops(tmp_pa
 
     from callbacks.resume import ResumeCheckpoint, TrainingStopped
     from datamodules.retrieval import RetrievalDataModule
-    from lightning_modules.contrastive import ContrastiveRetriever
+    from lightning_modules.contrastive.module import ContrastiveModule
 
     class SignalDuringThirdBatch(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -183,7 +183,7 @@ def test_a_stop_signal_writes_last_ckpt_after_the_running_batch_and_stops(tmp_pa
         limit_val_batches=0,
         default_root_dir=tmp_path,
     )
-    module = ContrastiveRetriever(embedder={"name_or_path": tiny_bert_path})
+    module = ContrastiveModule(embedder={"name_or_path": tiny_bert_path})
     with pytest.raises(TrainingStopped) as stop:
         trainer.fit(module, datamodule=RetrievalDataModule(path="tiny_hotpotqa", group_size=2, batch_size=2))
     assert (stop.value.signum, stop.value.step) == (signum, 3)

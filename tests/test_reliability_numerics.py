@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from lightning_modules.base import NonFiniteLossError
-from lightning_modules.contrastive import ContrastiveRetriever
+from lightning_modules.contrastive.module import ContrastiveModule
 from tests.helpers import run_experiment
 from tests.reliability_helpers import FAST_TINY, only_run_dir
 
 
-class ContrastiveWithBadLoss(ContrastiveRetriever):
+class ContrastiveWithBadLoss(ContrastiveModule):
     """The contrastive baseline whose loss turns non-finite at one global step (a simulated divergence)."""
 
     def __init__(self, bad_at_step: int = 3, bad_value: float = math.nan, **kwargs):

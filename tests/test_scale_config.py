@@ -294,7 +294,7 @@ def test_homogeneous_batches_never_mix_tasks_across_ranks():
     per_rank = []
     for rank in range(2):
         data.trainer = SimpleNamespace(world_size=2, global_rank=rank)
-        per_rank.append([(batch["task"], batch["query_ids"]) for batch in data.train_dataloader()])
+        per_rank.append([(batch.task, batch.query_ids) for batch in data.train_dataloader()])
     assert len(per_rank[0]) == len(per_rank[1]) > 0
     for (task0, ids0), (task1, ids1) in zip(*per_rank):
         assert task0 == task1

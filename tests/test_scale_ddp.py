@@ -2,7 +2,7 @@
 
 - training: the contrastive module's loss and every gradient after DDP's all-reduce equal the
   single-process ones (all-gathered embeddings keep the local gradient; loss × world size cancels DDP's
-  averaging), also when the ranks' ``positive_ids`` have different widths. Compared in float64: the two
+  averaging), also when the ranks' ``positive_codes`` have different widths. Compared in float64: the two
   runs sum in different orders (each rank pads and multiplies its own half of the batch, DDP then adds the
   halves; the processes may also run different thread counts), which in float32 leaves ‖Δg‖/‖g‖ ≈ 3e-7 —
   a few elements with cancellation exceed any fixed elementwise rtol — and in float64 ≈ 5e-16
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,24 +26,25 @@ from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
 from callbacks.retrieval_eval import RetrievalEvaluation, shard_bounds
+from datamodules.batch import RetrievalBatch
 from datamodules.retrieval import RetrievalDataModule
 from experiments import CONFIG_DIR
-from lightning_modules.contrastive import ContrastiveRetriever
+from lightning_modules.contrastive.module import ContrastiveModule
 from lightning_modules.distributed import world_size
 
 WORLD = 2
 
 
-class RecordingContrastive(ContrastiveRetriever):
+class RecordingContrastive(ContrastiveModule):
     """Trains on fixed per-rank batches and writes its loss, gradients and encoded-text counts to disk."""
 
-    rank_batches: list[dict[str, Any]] = []
+    rank_batches: list[RetrievalBatch] = []
     dump_dir: str = ""
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader([self.rank_batches[self.trainer.global_rank]], batch_size=None)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: RetrievalBatch, batch_idx: int) -> torch.Tensor:
         loss = super().training_step(batch, batch_idx)
         self.recorded_loss = float(loss.detach()) / world_size()
         return loss
@@ -88,7 +90,7 @@ def trainer_from_config(name: str, **kwargs: Any) -> L.Trainer:
 
 
 def build_module(
-    tiny_llama_path: str, dump_dir: Path, rank_batches: list[dict[str, Any]]
+    tiny_llama_path: str, dump_dir: Path, rank_batches: list[RetrievalBatch]
 ) -> RecordingContrastive:
     torch.manual_seed(0)
     module = RecordingContrastive(
@@ -101,29 +103,32 @@ def build_module(
     return module
 
 
-def fixture_batches() -> list[dict[str, Any]]:
-    """Two batches of 2 queries × 3 documents from the tiny fixture; rank 1's positive_ids are one column wider."""
+def fixture_batches() -> list[RetrievalBatch]:
+    """Two batches of 2 queries × 3 documents from the tiny fixture; rank 1's positive_codes are one column wider."""
     data = RetrievalDataModule(tiny=True, batch_size=2, group_size=3, seed=7)
     data.setup("fit")
     loader = iter(data.train_dataloader())
     first, second = next(loader), next(loader)
-    second["positive_ids"] = torch.nn.functional.pad(second["positive_ids"], (0, 1), value=-1)
+    second = replace(second, positive_codes=torch.nn.functional.pad(second.positive_codes, (0, 1), value=-1))
     return [first, second]
 
 
-def concatenated(batches: list[dict[str, Any]]) -> dict[str, Any]:
-    width = max(b["positive_ids"].shape[1] for b in batches)
-    return {
-        "queries": [q for b in batches for q in b["queries"]],
-        "documents": [d for b in batches for d in b["documents"]],
-        "document_ids": torch.cat([b["document_ids"] for b in batches]),
-        "positive_ids": torch.cat(
+def concatenated(batches: list[RetrievalBatch]) -> RetrievalBatch:
+    width = max(b.positive_codes.shape[1] for b in batches)
+    return RetrievalBatch(
+        query_ids=[q for b in batches for q in b.query_ids],
+        queries=[q for b in batches for q in b.queries],
+        documents=[group for b in batches for group in b.documents],
+        document_ids=[group for b in batches for group in b.document_ids],
+        document_codes=torch.cat([b.document_codes for b in batches]),
+        gold=torch.cat([b.gold for b in batches]),
+        positive_codes=torch.cat(
             [
-                torch.nn.functional.pad(b["positive_ids"], (0, width - b["positive_ids"].shape[1]), value=-1)
+                torch.nn.functional.pad(b.positive_codes, (0, width - b.positive_codes.shape[1]), value=-1)
                 for b in batches
             ]
         ),
-    }
+    )
 
 
 @pytest.mark.slow

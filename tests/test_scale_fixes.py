@@ -65,7 +65,7 @@ class RecordBatches(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         by_task = self.seen.setdefault(self.current_epoch, {})
-        by_task.setdefault(batch["task"], []).extend(batch["query_ids"])
+        by_task.setdefault(batch.task, []).extend(batch.query_ids)
         return None
 
     def configure_optimizers(self):

@@ -19,7 +19,7 @@ from typing import Any
 from datamodules.errors import DataFormatError
 from datamodules.hub import HubTable, iter_rows
 from datamodules.jsonl import read_jsonl
-from datamodules.llm_embedder_tasks.records import TaskExample
+from datamodules.llm_embedder_tasks.task_example import TaskExample
 
 MSC_REPO = "nayohan/msc-raw"
 SESSIONS = ("first", "second", "third", "fourth", "fifth")

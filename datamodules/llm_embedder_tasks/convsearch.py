@@ -17,7 +17,7 @@ from typing import Any
 from datamodules.errors import DataFormatError
 from datamodules.hub import HubTable, iter_rows
 from datamodules.jsonl import read_jsonl, require_field
-from datamodules.llm_embedder_tasks.records import TaskExample
+from datamodules.llm_embedder_tasks.task_example import TaskExample
 
 HUB_NAME = "svakulenk0/qrecc"
 

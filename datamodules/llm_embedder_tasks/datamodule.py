@@ -1,14 +1,14 @@
 """The multi-task DataModule of LLM-Embedder: several task families, homogeneous batches, one eval set.
 
 Each task is configured by a dict (see :mod:`datamodules.llm_embedder_tasks.readers`); batches are
-``{"task", "query_ids", "queries", "answers", "keys", "key_ids", "labels"}`` with ``keys`` holding
-``batch_size × group_size`` texts (each query's group together) and ``labels`` a ``[B, G]`` bool tensor, or
-``None`` when the task is label-free. Retrieval evaluation (``callbacks.RetrievalEvaluation``) runs on a
+:class:`~datamodules.batch.RetrievalBatch` es of one task, each query with ``group_size`` candidate documents
+and ``gold`` a ``[B, G]`` bool tensor, or ``None`` when the task is label-free. Retrieval evaluation (``callbacks.RetrievalEvaluation``) runs on a
 BEIR folder given by ``eval`` (default: the vendored HotpotQA dev split).
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from typing import Any
 
@@ -16,11 +16,12 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.batch import Collator, RetrievalBatch, module_preparer, padded_codes
 from datamodules.beir import load_beir_folder
 from datamodules.errors import DataFormatError
 from datamodules.llm_embedder_tasks.readers import load_task_examples
-from datamodules.llm_embedder_tasks.records import TaskExample
 from datamodules.llm_embedder_tasks.sampler import BatchKey, HomogeneousTaskBatchSampler
+from datamodules.llm_embedder_tasks.task_example import TaskExample
 from datamodules.paths import resolve_data_path
 from datamodules.records import RetrievalCorpus
 
@@ -62,30 +63,38 @@ class TaskGroupDataset(Dataset):
             rest = [i for i in positives + negatives if i != first]
             pool = negatives if len(negatives) >= size - 1 else rest
             group = [first, *rng.sample(pool, size - 1)]
-        return {"example": example, "group": group}
+        return {"example": example, "group": group, "epoch": epoch}
 
     def __len__(self) -> int:
         return sum(len(v) for v in self.examples.values())
 
 
-def collate_task_groups(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Texts, ids and labels of one single-task batch."""
+def collate_task_groups(items: list[dict[str, Any]]) -> RetrievalBatch:
+    """Texts, ids, codes and labels of one single-task batch."""
     tasks = {item["example"].task for item in items}
     if len(tasks) != 1:
         raise ValueError(f"a batch mixes tasks {sorted(tasks)}: use HomogeneousTaskBatchSampler")
     examples = [item["example"] for item in items]
     labeled = all(e.labels is not None for e in examples)
-    return {
-        "task": tasks.pop(),
-        "query_ids": [e.query_id for e in examples],
-        "queries": [e.query for e in examples],
-        "answers": [e.answer for e in examples],
-        "keys": [item["example"].candidates[i] for item in items for i in item["group"]],
-        "key_ids": [item["example"].candidate_ids[i] for item in items for i in item["group"]],
-        "labels": torch.tensor([[item["example"].labels[i] for i in item["group"]] for item in items])
+    document_ids = [[item["example"].candidate_ids[i] for i in item["group"]] for item in items]
+    return RetrievalBatch(
+        query_ids=[e.query_id for e in examples],
+        queries=[e.query for e in examples],
+        documents=[[item["example"].candidates[i] for i in item["group"]] for item in items],
+        document_ids=document_ids,
+        document_codes=padded_codes([[id_code(i) for i in row] for row in document_ids]),
+        gold=torch.tensor([[item["example"].labels[i] for i in item["group"]] for item in items])
         if labeled
         else None,
-    }
+        answers=[e.answers for e in examples],
+        task=tasks.pop(),
+        epoch=items[0]["epoch"],
+    )
+
+
+def id_code(document_id: str) -> int:
+    """An int64 code of a document id, equal across ranks (60 bits of its SHA-1)."""
+    return int(hashlib.sha1(document_id.encode()).hexdigest()[:15], 16)
 
 
 class MultiTaskDataModule(L.LightningDataModule):
@@ -151,14 +160,14 @@ class MultiTaskDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        trainer = getattr(self, "trainer", None)
+        trainer = self.trainer
         num_replicas = trainer.world_size if trainer is not None else 1
         rank = trainer.global_rank if trainer is not None else 0
         dataset = TaskGroupDataset(self.examples, self.group_sizes(), self.seed)
         return DataLoader(
             dataset,
             batch_sampler=self.batch_sampler(num_replicas, rank),
-            collate_fn=collate_task_groups,
+            collate_fn=Collator(collate_task_groups, module_preparer(trainer)),
             num_workers=self.num_workers,
         )
 

@@ -14,7 +14,7 @@ from typing import Any
 from datamodules.errors import DataFormatError
 from datamodules.hub import iter_rows, json_files
 from datamodules.jsonl import read_jsonl, require_field
-from datamodules.llm_embedder_tasks.records import TaskExample
+from datamodules.llm_embedder_tasks.task_example import TaskExample
 from datamodules.mining import bm25_top_k
 from datamodules.records import Document
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from datamodules.errors import DataFormatError
 from datamodules.hub import HubTable, converted_parquet, iter_rows
-from datamodules.llm_embedder_tasks.records import TaskExample
+from datamodules.llm_embedder_tasks.task_example import TaskExample
 
 LONG_TEXT_SOURCES = {  # name -> (table of the split, text column)
     "pg19": (lambda split: HubTable("emozilla/pg19", split=split), "text"),

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from datamodules.hub_qa import iter_qa_examples
-from datamodules.llm_embedder_tasks.records import TaskExample
+from datamodules.llm_embedder_tasks.task_example import TaskExample
 from datamodules.mining import bm25_top_k
 from datamodules.missing import MissingReport
 from datamodules.qa_candidates import load_qa_candidates

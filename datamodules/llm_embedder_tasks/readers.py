@@ -19,8 +19,8 @@ from datamodules.llm_embedder_tasks.convsearch import convsearch_from_file, conv
 from datamodules.llm_embedder_tasks.icl import icl_from_file, icl_from_hub
 from datamodules.llm_embedder_tasks.long_context import long_context_from_files, long_context_from_hub
 from datamodules.llm_embedder_tasks.qa import qa_from_candidates_file, qa_from_hub
-from datamodules.llm_embedder_tasks.records import TaskExample
 from datamodules.llm_embedder_tasks.reference_files import reference_task
+from datamodules.llm_embedder_tasks.task_example import TaskExample
 from datamodules.llm_embedder_tasks.tool import tool_from_files, tool_from_hub
 from datamodules.paths import PACKAGE_DIR, resolve_data_path
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from datamodules.errors import DataFormatError
 from datamodules.jsonl import read_jsonl, require_field
-from datamodules.llm_embedder_tasks.records import TaskExample
+from datamodules.llm_embedder_tasks.task_example import TaskExample
 from retrieval.cache import build_dir_atomically, cache_root
 
 ARCHIVE_REPO = "namespace-Pt/projects"

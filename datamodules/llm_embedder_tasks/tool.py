@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from datamodules.errors import DataFormatError
-from datamodules.llm_embedder_tasks.records import TaskExample
+from datamodules.llm_embedder_tasks.task_example import TaskExample
 
 
 def api_id(tool_name: str, api_name: str) -> str:

@@ -16,16 +16,9 @@ from dataclasses import asdict, dataclass
 import torch
 from transformers import PreTrainedModel
 
-from lightning_modules.dream.bias import document_bias, key_position_bias
 from lightning_modules.dream.inputs import DreamInputs
-from lightning_modules.dream.lm_loss import (
-    copy_cache,
-    encode_documents_prefix,
-    per_example_nll,
-    suffix_logits,
-)
-
-HeadMap = dict[int, tuple[int, ...]]
+from lightning_modules.dream.lm_passes import copy_cache, encode_documents_prefix, suffix_logits
+from lightning_modules.losses.dream import HeadMap, document_bias, key_position_bias, per_example_nll
 
 
 def middle_third_heads(num_layers: int, num_heads: int) -> HeadMap:

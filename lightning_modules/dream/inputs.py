@@ -13,6 +13,9 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from datamodules.batch import moved
+from lightning_modules.models.tokenization import plain_token_ids
+
 IGNORE_INDEX = -100
 
 
@@ -36,14 +39,7 @@ class DreamInputs:
     context_length: int
 
     def to(self, device: torch.device | str) -> DreamInputs:
-        return DreamInputs(
-            self.input_ids.to(device),
-            self.attention_mask.to(device),
-            self.position_ids.to(device),
-            self.document_index.to(device),
-            self.labels.to(device),
-            self.context_length,
-        )
+        return moved(self, device)
 
     @property
     def suffix_length(self) -> int:
@@ -79,37 +75,40 @@ def build_dream_inputs(
         raise ValueError(f"max_document_tokens must be >= 1, got {max_document_tokens}")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     separator = _ids(tokenizer, document_separator)
-    prefixes, blocks, suffixes, prompt_lengths = [], [], [], []
+    rows = []
     for row, (docs, prompt, target) in enumerate(zip(documents, prompts, targets)):
         prefix, owner = [], []
-        for j, text in enumerate(docs):
-            ids = _ids(tokenizer, text)[:max_document_tokens] + separator
-            prefix += ids
-            owner += [j] * len(ids)
+        for j, ids in enumerate(plain_token_ids(tokenizer, docs, max_document_tokens)):
+            prefix += ids + separator
+            owner += [j] * (len(ids) + len(separator))
         prompt_ids = _ids(tokenizer, prompt)
         if not prompt_ids:
             raise ValueError(
                 f"row {row}: the prompt is empty; DREAM needs a prompt between the documents and the target"
             )
-        target_ids = _ids(tokenizer, target)[:max_target_tokens]
+        target_ids = plain_token_ids(tokenizer, [target], max_target_tokens)[0] if target else []
         if append_eos_to_target:
             target_ids = target_ids + [tokenizer.eos_token_id]
         if not target_ids:
             raise ValueError(f"row {row}: the target '{target}' tokenises to nothing")
-        prefixes.append(prefix)
-        blocks.append(owner)
-        suffixes.append(prompt_ids + target_ids)
-        prompt_lengths.append(len(prompt_ids))
+        rows.append((prefix, owner, prompt_ids + target_ids, len(prompt_ids)))
+    return assemble_dream_inputs(rows, pad_id)
 
-    batch = len(prefixes)
-    prefix_length = max(len(p) for p in prefixes)
-    suffix_length = max(len(s) for s in suffixes)
+
+def assemble_dream_inputs(
+    rows: list[tuple[list[int], list[int], list[int], int]], pad_id: int
+) -> DreamInputs:
+    """Pad ``(document prefix, owner of each prefix position, prompt + target, prompt length)`` rows into a
+    batch: prefixes left-padded to one length, suffixes right-padded, labels on the target tokens only."""
+    batch = len(rows)
+    prefix_length = max(len(prefix) for prefix, _, _, _ in rows)
+    suffix_length = max(len(suffix) for _, _, suffix, _ in rows)
     total = prefix_length + suffix_length
     input_ids = torch.full((batch, total), pad_id, dtype=torch.long)
     attention_mask = torch.zeros(batch, total, dtype=torch.long)
     document_index = torch.full((batch, prefix_length), -1, dtype=torch.long)
     labels = torch.full((batch, suffix_length), IGNORE_INDEX, dtype=torch.long)
-    for row, (prefix, owner, suffix, n_prompt) in enumerate(zip(prefixes, blocks, suffixes, prompt_lengths)):
+    for row, (prefix, owner, suffix, n_prompt) in enumerate(rows):
         start = prefix_length - len(prefix)
         input_ids[row, start:prefix_length] = torch.tensor(prefix, dtype=torch.long)
         attention_mask[row, start:prefix_length] = 1

@@ -8,13 +8,13 @@ import torch
 from transformers import GenerationConfig
 
 from lightning_modules.llm2vec_gen.generation import end_of_response_ids, strip_special_strings
-from lightning_modules.llm2vec_gen.module import Kind, LLM2VecGen
+from lightning_modules.llm2vec_gen.module import Kind, LLM2VecGenModule
 from lightning_modules.llm2vec_gen.prompts import pad_token_id
 
 
 @torch.no_grad()
 def decode(
-    module: LLM2VecGen, texts: Sequence[str], kind: Kind = "query", max_new_tokens: int = 64
+    module: LLM2VecGenModule, texts: Sequence[str], kind: Kind = "query", max_new_tokens: int = 64
 ) -> list[str]:
     """Greedy decoding from ``[soft prompt]`` alone (the query itself is not in the decoder's context)."""
     was_training = module.training

@@ -27,141 +27,102 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
-from tqdm.auto import tqdm
 
+from datamodules.batch import RetrievalBatch, TokenizedTexts
+from datamodules.protocols import TrainingQueries
 from lightning_modules.base import FROZEN_PREFIX, RetrieverModule
 from lightning_modules.distributed import call_through_strategy
-from lightning_modules.llm2vec_gen.generation import (
-    DEFAULT_QUERY_INSTRUCTION,
-    GenerationSettings,
-    Response,
-    end_of_response_ids,
-    generate_responses,
-)
-from lightning_modules.llm2vec_gen.prompts import PromptBuilder, pad_token_id, right_pad
-from lightning_modules.losses.reconstruction import alignment_loss, reconstruction_loss
+from lightning_modules.llm2vec_gen.batch import LLM2VecGenBatchPreparer, ReconstructionInputs
+from lightning_modules.llm2vec_gen.generation import Response, end_of_response_ids, generate_responses
+from lightning_modules.llm2vec_gen.prompts import PromptBuilder
+from lightning_modules.llm2vec_gen.settings import LLM2VecGenSettings
+from lightning_modules.losses.llm2vec_gen import llm2vec_gen_loss
 from lightning_modules.models.embedder import Embedder
 from lightning_modules.models.registry import resolve_model_path
+from lightning_modules.settings import SettingsError, settings_arguments
+from retrieval.batching import map_in_length_order
 from retrieval.cache import write_json_atomically
 
 Kind = Literal["query", "document"]
-DEFAULT_DOCUMENT_INSTRUCTION = "Summarize the following passage: "
 TEACHER_PREFIX = "teacher."
-HEAD_INITS = ("identity", "random")
 TINY_MAX_NEW_TOKENS = 16  # debug=tiny only (frozen_lm.tiny)
 
 
-class LLM2VecGen(RetrieverModule):
+class LLM2VecGenModule(settings_arguments(LLM2VecGenSettings), RetrieverModule):
     """The LLM2Vec-Gen LightningModule.
 
     Args:
         frozen_lm: :class:`FrozenCausalLM` arguments (the backbone that encodes and decodes).
         teacher: :class:`Embedder` arguments of the unsupervised teacher (frozen; reloaded by name, not
             stored in checkpoints). It only ever sees the decoded response text.
-        num_special_tokens: K.
-        query_instruction / document_instruction: prefixes inside the user turn (the query one is also the
-            generation prompt, so the special tokens sit exactly where the response would start).
-        use_chat_template: wrap prompts in the LM's chat template when it has one.
-        max_query_tokens / max_document_tokens: truncation of ``instruction + text``.
-        max_response_tokens: response tokens reconstructed (the EOS token is appended when the LM stopped).
-        reconstruction_weight / alignment_weight: loss weights (reference: 1.0 / 1.0).
-        reconstruction_init: ``identity`` [ours: the soft prompt starts as the special-token states] or
-            ``random`` (PyTorch's Linear default). The alignment head is always PyTorch's default.
-        special_token_init_std: [ours] the K embeddings start at the mean input embedding plus Gaussian
-            noise of this many per-dimension standard deviations of the embedding matrix.
-        generation: :class:`GenerationSettings` fields except ``instruction`` / ``max_query_tokens`` /
-            ``use_chat_template``, which come from the arguments above. Under ``debug=tiny``
-            (``frozen_lm.tiny``) ``max_new_tokens`` is capped at ``TINY_MAX_NEW_TOKENS``: a random tiny
-            LM never emits EOS, and the smoke run must stay seconds long.
-        **kwargs: :class:`RetrieverModule` arguments (optimizer, scheduler, nan_policy, eval_*).
+        **kwargs: the :class:`LLM2VecGenSettings` fields and the :class:`RetrieverModule` arguments
+            (optimizer, scheduler, nan_policy, eval_*). Under ``debug=tiny`` (``frozen_lm.tiny``) the
+            response budget is capped at ``TINY_MAX_NEW_TOKENS``: a random tiny LM never emits EOS, and the
+            smoke run must stay seconds long.
     """
 
     def __init__(
-        self,
-        frozen_lm: dict[str, Any],
-        teacher: dict[str, Any],
-        num_special_tokens: int = 10,
-        query_instruction: str = DEFAULT_QUERY_INSTRUCTION,
-        document_instruction: str = DEFAULT_DOCUMENT_INSTRUCTION,
-        use_chat_template: bool = True,
-        max_query_tokens: int = 64,
-        max_document_tokens: int = 128,
-        max_response_tokens: int = 128,
-        reconstruction_weight: float = 1.0,
-        alignment_weight: float = 1.0,
-        reconstruction_init: str = "identity",
-        special_token_init_std: float = 1.0,
-        generation: dict[str, Any] | None = None,
-        **kwargs: Any,
+        self, frozen_lm: dict[str, Any] | None = None, teacher: dict[str, Any] | None = None, **kwargs: Any
     ):
         if frozen_lm is None or teacher is None:
-            raise ValueError("LLM2VecGen needs model.frozen_lm and model.teacher")
-        if num_special_tokens < 1:
-            raise ValueError(f"model.num_special_tokens must be >= 1, got {num_special_tokens}")
-        if reconstruction_init not in HEAD_INITS:
-            raise ValueError(
-                f"model.reconstruction_init must be one of {HEAD_INITS}, got '{reconstruction_init}'"
-            )
+            raise SettingsError("LLM2Vec-Gen needs model.frozen_lm and model.teacher")
         kwargs.pop("embedder", None)
-        super().__init__(embedder=None, frozen_lm=frozen_lm, **kwargs)
+        settings, base = LLM2VecGenSettings.take(kwargs, RetrieverModule.__init__)
+        super().__init__(embedder=None, frozen_lm=frozen_lm, **base)
         self.save_hyperparameters()
+        self.settings: LLM2VecGenSettings = settings
         self.teacher = Embedder(**teacher)
         self.teacher.requires_grad_(False)
         self.teacher.eval()
-        self.num_special_tokens = num_special_tokens
-        self.instructions = {"query": query_instruction, "document": document_instruction}
-        self.max_tokens = {"query": max_query_tokens, "document": max_document_tokens}
-        self.max_response_tokens = max_response_tokens
-        self.reconstruction_weight = reconstruction_weight
-        self.alignment_weight = alignment_weight
-        extra = dict(generation or {})
-        for key in ("instruction", "max_query_tokens", "use_chat_template"):
-            if key in extra:
-                raise ValueError(f"model.generation.{key} is set by the module's own argument; remove it")
-        if (
-            frozen_lm.get("tiny", False)
-            and extra.get("max_new_tokens", GenerationSettings.max_new_tokens) > TINY_MAX_NEW_TOKENS
-        ):
-            # debug=tiny: a random tiny LM never stops by itself; a smoke run only needs the plumbing
-            rank_zero_info(f"[llm2vec-gen] debug=tiny: responses capped at {TINY_MAX_NEW_TOKENS} new tokens")
-            extra["max_new_tokens"] = TINY_MAX_NEW_TOKENS
-        self.generation_settings = GenerationSettings(
-            instruction=query_instruction,
-            max_query_tokens=max_query_tokens,
-            use_chat_template=use_chat_template,
-            **extra,
+        self.num_special_tokens = settings.num_special_tokens
+        self.generation_settings = settings.generation_settings(
+            TINY_MAX_NEW_TOKENS if frozen_lm.get("tiny", False) else None
         )
+        if self.generation_settings != settings.generation_settings():
+            rank_zero_info(f"[llm2vec-gen] debug=tiny: responses capped at {TINY_MAX_NEW_TOKENS} new tokens")
         tokenizer = self.frozen_lm.tokenizer
         self.prompt_builders = {
-            kind: PromptBuilder(tokenizer, use_chat_template, self.max_tokens[kind])
+            kind: PromptBuilder(tokenizer, settings.use_chat_template, settings.max_text_tokens(kind))
             for kind in ("query", "document")
         }
         self.eos_id = end_of_response_ids(tokenizer, self.frozen_lm.model)[0]
-
-        embeddings = self.frozen_lm.model.get_input_embeddings().weight.detach().float()
-        hidden = embeddings.shape[1]
-        noise = torch.randn(num_special_tokens, hidden) * embeddings.std(dim=0) * special_token_init_std
-        self.special_tokens = nn.Parameter(embeddings.mean(dim=0) + noise)
-        self.special_tokens.no_weight_decay = True
-        self.reconstruction_head = nn.Linear(hidden, hidden)
-        if reconstruction_init == "identity":
-            nn.init.eye_(self.reconstruction_head.weight)
-            nn.init.zeros_(self.reconstruction_head.bias)
-        self.alignment_head = nn.Linear(hidden, self.teacher.dim)
+        self.build_trainable_parts()
         self.responses: dict[str, Response] = {}
         self.teacher_targets: dict[str, torch.Tensor] = {}
 
+    def build_trainable_parts(self) -> None:
+        """The K special tokens and the two heads (the only parameters that train)."""
+        settings = self.settings
+        embeddings = self.frozen_lm.model.get_input_embeddings().weight.detach().float()
+        hidden = embeddings.shape[1]
+        noise = torch.randn(settings.num_special_tokens, hidden) * embeddings.std(dim=0)
+        self.special_tokens = nn.Parameter(embeddings.mean(dim=0) + noise * settings.special_token_init_std)
+        self.special_tokens.no_weight_decay = True
+        self.reconstruction_head = nn.Linear(hidden, hidden)
+        if settings.reconstruction_init == "identity":
+            nn.init.eye_(self.reconstruction_head.weight)
+            nn.init.zeros_(self.reconstruction_head.bias)
+        self.alignment_head = nn.Linear(hidden, self.teacher.dim)
+
     # ---- the three pieces of the forward pass ----------------------------------------------------------
+    def prompt_tokens(self, texts: Sequence[str], kind: Kind) -> TokenizedTexts:
+        batch = self.prompt_builders[kind].batch(texts, self.settings.instruction(kind))
+        return TokenizedTexts(batch["input_ids"], batch["attention_mask"]).to(self.device)
+
     def special_token_states(self, texts: Sequence[str], kind: Kind) -> torch.Tensor:
         """``[B, K, H]`` last-layer states of the K special tokens appended after each left-padded prompt."""
+        return self.prompt_states(self.prompt_tokens(texts, kind))
+
+    def prompt_states(self, prompt: TokenizedTexts) -> torch.Tensor:
+        """:meth:`special_token_states` of already tokenised prompts."""
         lm = self.frozen_lm.model
-        batch = self.prompt_builders[kind].batch(texts, self.instructions[kind])
-        input_ids = batch["input_ids"].to(self.device)
-        prompt_mask = batch["attention_mask"].to(self.device)
-        token_embeddings = lm.get_input_embeddings()(input_ids)
-        special = self.special_tokens.to(token_embeddings.dtype).unsqueeze(0).expand(len(texts), -1, -1)
+        token_embeddings = lm.get_input_embeddings()(prompt.input_ids)
+        count = len(prompt)
+        special = self.special_tokens.to(token_embeddings.dtype).unsqueeze(0).expand(count, -1, -1)
         inputs = torch.cat([token_embeddings, special], dim=1)
-        mask = torch.cat([prompt_mask, prompt_mask.new_ones(len(texts), self.num_special_tokens)], dim=1)
+        mask = torch.cat(
+            [prompt.attention_mask, prompt.attention_mask.new_ones(count, self.num_special_tokens)], dim=1
+        )
         position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding: real tokens start at position 0
         hidden = lm.base_model(
             inputs_embeds=inputs, attention_mask=mask, position_ids=position_ids
@@ -170,7 +131,11 @@ class LLM2VecGen(RetrieverModule):
 
     def represent(self, texts: Sequence[str], kind: Kind) -> tuple[torch.Tensor, torch.Tensor]:
         """``(soft prompt [B, K, H], embedding [B, D_teacher])``: the embedding is ``mean_k alignment(s_k)``."""
-        states = self.special_token_states(texts, kind).float()
+        return self.represent_prompt(self.prompt_tokens(texts, kind))
+
+    def represent_prompt(self, prompt: TokenizedTexts) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`represent` of already tokenised prompts."""
+        states = self.prompt_states(prompt).float()
         soft_prompt = self.reconstruction_head(states)
         embedding = self.alignment_head(soft_prompt).mean(dim=1)
         return soft_prompt, embedding
@@ -187,27 +152,37 @@ class LLM2VecGen(RetrieverModule):
         hidden = lm.base_model(inputs_embeds=inputs, attention_mask=mask).last_hidden_state
         return lm.get_output_embeddings()(hidden[:, k - 1 :])
 
-    def response_token_ids(self, responses: Sequence[Response]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-padded response ids ``[B, T]`` and mask; EOS appended where the LM ended its answer."""
-        tokenizer = self.frozen_lm.tokenizer
-        rows = []
-        for response in responses:
-            ids = tokenizer(response.text, add_special_tokens=False)["input_ids"][: self.max_response_tokens]
-            rows.append([*ids, self.eos_id] if response.finished or not ids else ids)
-        ids, mask = right_pad(rows, pad_token_id(tokenizer))
-        return ids.to(self.device), mask.to(self.device)
+    def step_losses(self, inputs: ReconstructionInputs) -> dict[str, torch.Tensor]:
+        """The weighted total and its two parts (:func:`~lightning_modules.losses.llm2vec_gen.llm2vec_gen_loss`)."""
+        soft_prompt, embedding = self.represent_prompt(inputs.prompt)
+        logits = self.reconstruction_logits(soft_prompt, inputs.response_ids, inputs.response_mask)
+        return llm2vec_gen_loss(
+            logits,
+            inputs.response_ids,
+            inputs.response_mask,
+            embedding,
+            inputs.teacher_targets,
+            self.settings.reconstruction_weight,
+            self.settings.alignment_weight,
+        )
 
     def losses(
         self, queries: Sequence[str], responses: Sequence[Response], teacher_targets: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """The weighted total and its two parts for a batch of queries with their cached responses."""
-        soft_prompt, embedding = self.represent(queries, "query")
-        response_ids, response_mask = self.response_token_ids(responses)
-        logits = self.reconstruction_logits(soft_prompt, response_ids, response_mask)
-        reconstruction = reconstruction_loss(logits, response_ids, response_mask)
-        alignment = alignment_loss(embedding, teacher_targets.to(embedding.device))
-        total = self.reconstruction_weight * reconstruction + self.alignment_weight * alignment
-        return {"loss": total, "reconstruction": reconstruction, "alignment": alignment}
+        """:meth:`step_losses` for queries given as texts with their responses."""
+        return self.step_losses(
+            self.batch_preparer().inputs(queries, responses, teacher_targets).to(self.device)
+        )
+
+    def batch_preparer(self) -> LLM2VecGenBatchPreparer:
+        return LLM2VecGenBatchPreparer(
+            self.prompt_builders["query"],
+            self.settings.query_instruction,
+            self.settings.max_response_tokens,
+            self.eos_id,
+            self.responses,
+            self.teacher_targets,
+        )
 
     # ---- training ---------------------------------------------------------------------------------------
     def lm_identity(self) -> str:
@@ -239,8 +214,12 @@ class LLM2VecGen(RetrieverModule):
             [r.text for r in responses], "document", batch_size=self.eval_batch_size
         )
         teacher_seconds = time.perf_counter() - start
-        self.responses = dict(zip(query_ids, responses))
-        self.teacher_targets = dict(zip(query_ids, targets))
+        # filled in place: the batch preparer may hold these dicts already (Lightning can build the train
+        # loader before on_fit_start, e.g. to count the stepping batches for the scheduler)
+        self.responses.clear()
+        self.responses.update(zip(query_ids, responses))
+        self.teacher_targets.clear()
+        self.teacher_targets.update(zip(query_ids, targets))
         finished = sum(r.finished for r in responses)
         return {
             "queries": report.total,
@@ -256,9 +235,9 @@ class LLM2VecGen(RetrieverModule):
 
     def on_fit_start(self) -> None:
         datamodule = self.trainer.datamodule
-        if not hasattr(datamodule, "train_queries"):
+        if not isinstance(datamodule, TrainingQueries):
             raise TypeError(
-                f"LLM2VecGen trains on unlabeled queries: use datamodules.unlabeled_queries.UnlabeledQueryDataModule "
+                "LLM2Vec-Gen trains on unlabeled queries: use datamodules.unlabeled_queries.UnlabeledQueryDataModule "
                 f"(data=nq_open_queries), not {type(datamodule).__name__}"
             )
         datamodule.setup("fit")
@@ -277,16 +256,9 @@ class LLM2VecGen(RetrieverModule):
         if self.trainer.is_global_zero:
             write_json_atomically(Path(self.trainer.default_root_dir) / "generation.json", summary)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        missing = [q for q in batch["query_ids"] if q not in self.responses]
-        if missing:
-            raise KeyError(
-                f"no cached response for training queries {missing[:3]}: prepare_responses was not run on them"
-            )
-        responses = [self.responses[q] for q in batch["query_ids"]]
-        targets = torch.stack([self.teacher_targets[q] for q in batch["query_ids"]])
-        parts = self.losses(batch["queries"], responses, targets)
-        size = len(batch["queries"])
+    def training_step(self, batch: RetrievalBatch, batch_idx: int) -> torch.Tensor | None:
+        parts = self.step_losses(self.prepared(batch).lm_inputs)
+        size = len(batch)
         self.log("train/loss", parts["loss"], prog_bar=True, batch_size=size)
         self.log("train/reconstruction", parts["reconstruction"], prog_bar=True, batch_size=size)
         self.log("train/alignment", parts["alignment"], batch_size=size)
@@ -300,24 +272,24 @@ class LLM2VecGen(RetrieverModule):
             return torch.empty(0, self.teacher.dim)
         was_training = self.training
         self.eval()
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        out = torch.empty(len(texts), self.teacher.dim)
         autocast = (
             torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
             if self.eval_precision in ("bf16", "bfloat16")
             else nullcontext()
         )
-        starts = range(0, len(order), self.eval_batch_size)
+
+        def embed(index: list[int]) -> torch.Tensor:
+            _, embedding = self.represent([texts[i] for i in index], kind)
+            return F.normalize(embedding.float(), dim=-1).cpu()
+
         with autocast:
-            for start in tqdm(
-                starts,
+            out = map_in_length_order(
+                [len(t) for t in texts],
+                self.eval_batch_size,
+                embed,
                 desc="llm2vec-gen queries" if kind == "query" else "llm2vec-gen documents",
-                disable=not show_progress,
-                leave=False,
-            ):
-                index = order[start : start + self.eval_batch_size]
-                _, embedding = self.represent([texts[i] for i in index], kind)
-                out[index] = F.normalize(embedding.float(), dim=-1).cpu()
+                show_progress=show_progress,
+            )
         self.train(was_training)
         return out
 
@@ -326,19 +298,6 @@ class LLM2VecGen(RetrieverModule):
 
     def encode_documents(self, texts: list[str], show_progress: bool = False) -> torch.Tensor:
         return self.encode(texts, "document", show_progress)
-
-    # ---- checkpoints: neither the frozen LM nor the teacher is stored -----------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        state = checkpoint.get("state_dict", {})
-        for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
-            del state[key]
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        if "state_dict" in checkpoint:
-            for key, value in self.teacher.state_dict(prefix=TEACHER_PREFIX).items():
-                checkpoint["state_dict"].setdefault(key, value)
 
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         params = super().trainable_parameters()

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from lightning_modules.models.tokenization import plain_token_ids
+
 _SENTINEL = "\u0000LSR_TEXT\u0000"
 
 
@@ -48,9 +50,7 @@ class PromptBuilder:
             self.prefix_ids, self.suffix_ids = bos, []
 
     def ids(self, text: str, instruction: str = "") -> list[int]:
-        body = self.tokenizer(instruction + text, add_special_tokens=False)["input_ids"][
-            : self.max_text_tokens
-        ]
+        body = plain_token_ids(self.tokenizer, [instruction + text], self.max_text_tokens)[0]
         return [*self.prefix_ids, *body, *self.suffix_ids]
 
     def batch(self, texts: Sequence[str], instruction: str = "") -> dict[str, torch.Tensor]:

@@ -1,6 +1,2 @@
-"""LLM-Embedder: teacher rewards from a frozen LM, graded/KL distillation, multi-task instructions."""
-
-from lightning_modules.llm_embedder.module import LLMEmbedder
-from lightning_modules.llm_embedder.teacher import ScoringItem, TeacherScorer
-
-__all__ = ["LLMEmbedder", "ScoringItem", "TeacherScorer"]
+"""LLM-Embedder: an embedder distilled from a frozen LM's rewards, per task (docs/llm_embedder.md). The
+LightningModule is :class:`~lightning_modules.llm_embedder.module.LLMEmbedderModule`."""

@@ -14,8 +14,10 @@ import hashlib
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from lightning_modules.losses.token_nll import token_nll
+from retrieval.batching import map_in_length_order
 
 
 def prompt_and_output_ids(
@@ -51,11 +53,11 @@ def mean_output_log_likelihood(
     for index, output in enumerate(outputs):
         if not output:
             raise ValueError(f"output {index} has no tokens: the teacher needs a non-empty desired output")
+    if not prompts:
+        return torch.empty(0, dtype=torch.float64)
     device = next(model.parameters()).device
-    result = torch.empty(len(prompts), dtype=torch.float64)
-    order = sorted(range(len(prompts)), key=lambda i: -(len(prompts[i]) + len(outputs[i])))
-    for start in range(0, len(order), batch_size):
-        index = order[start : start + batch_size]
+
+    def score(index: list[int]) -> torch.Tensor:
         sequences = [list(prompts[i]) + list(outputs[i]) for i in index]
         width = max(len(s) for s in sequences)
         input_ids = torch.full((len(index), width), pad_token_id, dtype=torch.long)
@@ -69,15 +71,13 @@ def mean_output_log_likelihood(
         logits = (
             model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float().cpu()
         )
-        # position t predicts token t+1
-        predicted = target_mask[:, 1:]
-        log_probs = F.log_softmax(logits[:, :-1][predicted], dim=-1)
-        token_log_probs = log_probs.gather(1, input_ids[:, 1:][predicted].view(-1, 1)).squeeze(1)
+        predicted = target_mask[:, 1:]  # position t predicts token t+1
+        token_log_probs = -token_nll(logits[:, :-1][predicted], input_ids[:, 1:][predicted])
         rows = predicted.nonzero()[:, 0]
         sums = torch.zeros(len(index), dtype=torch.float64).index_add_(0, rows, token_log_probs.double())
-        counts = predicted.sum(dim=1).double()
-        result[index] = sums / counts
-    return result
+        return sums / predicted.sum(dim=1).double()
+
+    return map_in_length_order([len(p) + len(o) for p, o in zip(prompts, outputs)], batch_size, score)
 
 
 @torch.no_grad()
@@ -118,7 +118,7 @@ def sample_mean_log_likelihoods(
         )
     tokens = generated.sequences[:, input_ids.shape[1] :].cpu()
     logits = torch.stack(generated.logits, dim=1).float().cpu()  # [N, T, V], raw (before sampling warpers)
-    token_log_probs = F.log_softmax(logits, dim=-1).gather(2, tokens.unsqueeze(-1)).squeeze(-1)
+    token_log_probs = -token_nll(logits, tokens)
     keep = torch.ones_like(tokens, dtype=torch.bool)
     if eos_token_id is not None:
         is_eos = tokens == eos_token_id

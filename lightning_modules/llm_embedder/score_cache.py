@@ -9,8 +9,6 @@ simply add up; a key present twice keeps the first value read (identical inputs 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import uuid
 from collections.abc import Iterable
@@ -19,17 +17,12 @@ from typing import Any
 
 import torch
 
-from retrieval.cache import cache_root, save_tensors_atomically, write_json_atomically
-
-
-def stable_hash(obj: Any) -> str:
-    """sha1 of the canonical JSON of ``obj``."""
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+from retrieval.cache import cache_key, cache_root, save_tensors_atomically, write_json_atomically
 
 
 def item_key(prompt: str, output: str) -> str:
     """The cache key of one scored (prompt, desired output) pair; the prompt already holds key and query."""
-    return stable_hash([prompt, output])
+    return cache_key([prompt, output])
 
 
 class ScoreCache:
@@ -42,7 +35,7 @@ class ScoreCache:
 
     def __init__(self, namespace: dict[str, Any], root: str | Path | None = None):
         self.namespace = namespace
-        self.directory = Path(root or cache_root() / "teacher_scores") / stable_hash(namespace)[:16]
+        self.directory = Path(root or cache_root() / "teacher_scores") / cache_key(namespace)[:16]
         self.directory.mkdir(parents=True, exist_ok=True)
         description = self.directory / "namespace.json"
         if not description.exists():

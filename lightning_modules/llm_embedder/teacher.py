@@ -20,11 +20,12 @@ from lightning_modules.llm_embedder.rewards import (
     sample_mean_log_likelihoods,
     sampling_seed,
 )
-from lightning_modules.llm_embedder.score_cache import ScoreCache, item_key, stable_hash
+from lightning_modules.llm_embedder.score_cache import ScoreCache, item_key
+from lightning_modules.llm_embedder.settings import TeacherSettings
 from lightning_modules.llm_embedder.templates import split_template
 from lightning_modules.models.frozen_lm import FrozenCausalLM
-
-REWARDS = ("nll", "rank_aware")
+from lightning_modules.models.tokenization import plain_token_ids
+from retrieval.cache import cache_key
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def lm_identity(lm: FrozenCausalLM) -> dict[str, Any]:
     return {
         "name": lm.name_or_path,
         "class": type(model).__name__,
-        "config": stable_hash(config),
+        "config": cache_key(config),
         "dtype": str(embedding.dtype),
         "weights": hashlib.sha1(sample).hexdigest(),
         "num_parameters": sum(p.numel() for p in model.parameters()),
@@ -69,56 +70,19 @@ class TeacherScorer:
 
     Args:
         lm: the frozen causal LM.
-        reward: ``nll`` (reference code) or ``rank_aware`` ([ours], see :mod:`rewards`).
-        num_samples / max_new_tokens / sample_temperature: the rank-aware reward's N samples.
-        tie_break: order equal ranks by the desired output's likelihood (rank-aware only).
-        key_max_tokens / output_max_tokens: truncation of the key and of the desired output, in tokens.
-        batch_size: sequences per LM forward for the likelihoods.
-        chunk_size: items per cache chunk (what an interrupted run can lose at most).
-        seed: base seed of the samples (each item derives its own).
-        generation_threads: torch threads while sampling (``None``: unchanged). Sampling runs many tiny
-            ops; on a busy CPU one thread is far faster than several (measured here: 9 s vs 180 s for one
-            item of N=4 × 16 tokens with SmolLM2 at load 16 on 2 cores).
-        cache_dir: the cache root (default ``<cache_root>/teacher_scores``).
+        settings: :class:`TeacherSettings` (or its fields as keyword arguments).
     """
 
-    def __init__(
-        self,
-        lm: FrozenCausalLM,
-        reward: str = "nll",
-        num_samples: int = 4,
-        max_new_tokens: int = 16,
-        sample_temperature: float = 1.0,
-        tie_break: bool = True,
-        key_max_tokens: int = 128,
-        output_max_tokens: int = 32,
-        batch_size: int = 8,
-        chunk_size: int = 64,
-        seed: int = 0,
-        generation_threads: int | None = 1,
-        cache_dir: str | None = None,
-        show_progress: bool = True,
-    ):
-        if reward not in REWARDS:
-            raise ValueError(f"teacher reward must be one of {', '.join(REWARDS)}; got '{reward}'")
-        if reward == "rank_aware" and num_samples < 1:
-            raise ValueError(f"the rank_aware reward needs num_samples >= 1, got {num_samples}")
+    def __init__(self, lm: FrozenCausalLM, settings: TeacherSettings | None = None, **kwargs: Any):
         self.lm = lm
-        self.reward = reward
-        self.num_samples, self.max_new_tokens, self.sample_temperature = (
-            num_samples,
-            max_new_tokens,
-            sample_temperature,
-        )
-        self.tie_break = tie_break
-        self.key_max_tokens, self.output_max_tokens = key_max_tokens, output_max_tokens
-        self.batch_size, self.chunk_size, self.seed = batch_size, chunk_size, seed
-        self.cache_dir = cache_dir
-        self.generation_threads = generation_threads
-        self.show_progress = show_progress
+        self.settings = settings if settings is not None else TeacherSettings.from_dict(kwargs)
         # read now, while every rank holds the whole LM: after FSDP wraps it, parameter sizes are per shard
         self._identity: dict[str, Any] = lm_identity(lm)
         self._caches: dict[str, ScoreCache] = {}
+
+    @property
+    def reward(self) -> str:
+        return self.settings.reward
 
     # ---- cache --------------------------------------------------------------------------------------------
     def namespace(self, template: str) -> dict[str, Any]:
@@ -126,30 +90,30 @@ class TeacherScorer:
         reward: dict[str, Any] = {"kind": self.reward}
         if self.reward == "rank_aware":
             reward.update(
-                num_samples=self.num_samples,
-                max_new_tokens=self.max_new_tokens,
-                temperature=self.sample_temperature,
-                tie_break=self.tie_break,
-                seed=self.seed,
+                num_samples=self.settings.num_samples,
+                max_new_tokens=self.settings.max_new_tokens,
+                temperature=self.settings.sample_temperature,
+                tie_break=self.settings.tie_break,
+                seed=self.settings.seed,
             )
         return {
             "lm": self._identity,
             "template": template,
             "reward": reward,
-            "key_max_tokens": self.key_max_tokens,
-            "output_max_tokens": self.output_max_tokens,
+            "key_max_tokens": self.settings.key_max_tokens,
+            "output_max_tokens": self.settings.output_max_tokens,
         }
 
     def cache(self, template: str) -> ScoreCache:
         if template not in self._caches:
-            self._caches[template] = ScoreCache(self.namespace(template), self.cache_dir)
+            self._caches[template] = ScoreCache(self.namespace(template), self.settings.cache_dir)
         return self._caches[template]
 
     # ---- prompts ------------------------------------------------------------------------------------------
     def _truncate(self, text: str, max_tokens: int) -> str:
-        tokenizer = self.lm.tokenizer
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens])
+        """``text`` cut to its first ``max_tokens`` tokens (decoded), or unchanged when it has no more."""
+        ids = plain_token_ids(self.lm.tokenizer, [text], max_tokens + 1)[0]
+        return text if len(ids) <= max_tokens else self.lm.tokenizer.decode(ids[:max_tokens])
 
     def prompt(self, template: str, item: ScoringItem) -> tuple[str, str]:
         """The (prompt, desired output) strings of one item, key and output truncated."""
@@ -157,8 +121,8 @@ class TeacherScorer:
             raise ValueError(
                 f"empty desired output for query {item.query[:80]!r}: the teacher needs an answer"
             )
-        key = self._truncate(item.key, self.key_max_tokens)
-        answer = self._truncate(item.answer, self.output_max_tokens)
+        key = self._truncate(item.key, self.settings.key_max_tokens)
+        answer = self._truncate(item.answer, self.settings.output_max_tokens)
         return split_template(template, key, item.query, answer)
 
     # ---- scoring ------------------------------------------------------------------------------------------
@@ -205,11 +169,11 @@ class TeacherScorer:
         progress = tqdm(
             total=len(real_keys),
             desc=f"teacher scores ({self.reward})",
-            disable=not self.show_progress or not real_keys,
+            disable=not self.settings.show_progress or not real_keys,
         )
-        for chunk_start in range(0, len(pairs), self.chunk_size):
-            values = self._score_pairs(pairs[chunk_start : chunk_start + self.chunk_size]).tolist()
-            chunk = dict(zip(real_keys[chunk_start : chunk_start + self.chunk_size], values))
+        for chunk_start in range(0, len(pairs), self.settings.chunk_size):
+            values = self._score_pairs(pairs[chunk_start : chunk_start + self.settings.chunk_size]).tolist()
+            chunk = dict(zip(real_keys[chunk_start : chunk_start + self.settings.chunk_size], values))
             cache.add(chunk)
             fresh.update(chunk)
             progress.update(len(chunk))
@@ -235,25 +199,27 @@ class TeacherScorer:
         ids = [prompt_and_output_ids(tokenizer, prompt, output) for prompt, output in pairs]
         prompts = [p for p, _ in ids]
         outputs = [o for _, o in ids]
-        desired = mean_output_log_likelihood(model, prompts, outputs, tokenizer.pad_token_id, self.batch_size)
+        desired = mean_output_log_likelihood(
+            model, prompts, outputs, tokenizer.pad_token_id, self.settings.batch_size
+        )
         if self.reward == "nll":
             return desired
         synced = torch.distributed.is_initialized() and is_sharded(model)  # FSDP: every step is collective
         threads = torch.get_num_threads()
-        if self.generation_threads:
-            torch.set_num_threads(self.generation_threads)
+        if self.settings.generation_threads:
+            torch.set_num_threads(self.settings.generation_threads)
         try:
             samples = torch.stack(
                 [
                     sample_mean_log_likelihoods(
                         model,
                         prompt_ids,
-                        self.num_samples,
-                        self.max_new_tokens,
+                        self.settings.num_samples,
+                        self.settings.max_new_tokens,
                         tokenizer.eos_token_id,
                         tokenizer.pad_token_id,
-                        self.sample_temperature,
-                        sampling_seed(self.seed, item_key(*pair)),
+                        self.settings.sample_temperature,
+                        sampling_seed(self.settings.seed, item_key(*pair)),
                         synced_gpus=synced,
                     )
                     for prompt_ids, pair in zip(prompts, pairs)
@@ -261,4 +227,4 @@ class TeacherScorer:
             )
         finally:
             torch.set_num_threads(threads)
-        return rank_aware_reward(desired, samples, self.tie_break)
+        return rank_aware_reward(desired, samples, self.settings.tie_break)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 
@@ -89,3 +91,43 @@ def multi_positive_info_nce_loss(
     numerator = torch.logsumexp(logits.masked_fill(~positive_mask, float("-inf")), dim=1)
     denominator = torch.logsumexp(logits, dim=1)
     return (denominator - numerator)[has_positive].mean()
+
+
+def contrastive_loss(
+    query_embeddings: torch.Tensor,
+    document_embeddings: torch.Tensor,
+    document_codes: torch.Tensor,
+    positive_codes: torch.Tensor,
+    group_size: int,
+    objective: Literal["info_nce", "mil_nce"] = "info_nce",
+    mask_other_positives: bool = True,
+    temperature: float = 0.05,
+) -> torch.Tensor:
+    """The contrastive baseline's loss on one (gathered) batch: InfoNCE against each query's first group
+    member, or MIL-NCE over all its positives (Karpukhin et al., 2020; Miech et al., 2020).
+
+    ``objective="info_nce"``: :func:`info_nce_loss` with target ``b·G`` (the first document of query b's
+    group) and, with ``mask_other_positives``, the query's other judged positives left out of its
+    denominator. ``objective="mil_nce"``: :func:`multi_positive_info_nce_loss` with every in-batch positive.
+
+    Inputs:
+
+    =====================  ==========================  ==========================================
+    batch field            argument                    shape
+    =====================  ==========================  ==========================================
+    embedded ``queries``   ``query_embeddings``        ``[B, H]`` (gathered across ranks)
+    embedded documents     ``document_embeddings``     ``[B·G, H]``, each query's group together
+    ``document_codes``     ``document_codes``          ``[B·G]`` int64 (flattened)
+    ``positive_codes``     ``positive_codes``          ``[B, P]`` int64, −1 padded
+    ``group_size``         ``group_size``              ``G``
+    =====================  ==========================  ==========================================
+
+    Example: one query ``[1, 0]`` whose group is ``[[1, 0], [0, 1]]`` (codes 7, 8; positives ``[[7]]``),
+    τ = 1: the loss is ``log(1 + e^{-1})``.
+    """
+    positives = other_positive_mask(positive_codes, document_codes)
+    if objective == "mil_nce":
+        return multi_positive_info_nce_loss(query_embeddings, document_embeddings, positives, temperature)
+    targets = torch.arange(query_embeddings.shape[0], device=query_embeddings.device) * group_size
+    exclude = positives if mask_other_positives else None
+    return info_nce_loss(query_embeddings, document_embeddings, targets, exclude, temperature)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lightning_modules.losses.token_nll import token_nll
+
 IGNORE_INDEX = -100
 
 
@@ -51,7 +53,7 @@ def masked_next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch
         )
     if targets.numel() == 0:
         raise ValueError("masked_next_token_loss got no masked token (raise the masking probability)")
-    return F.cross_entropy(logits.float(), targets)
+    return token_nll(logits, targets).mean()
 
 
 def simcse_loss(first: torch.Tensor, second: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:

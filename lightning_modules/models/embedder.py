@@ -11,21 +11,22 @@ import json
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
-from tqdm.auto import tqdm
 from transformers import AutoModel
 
+from datamodules.batch import TokenizedTexts
 from lightning_modules.models.attention import attn_implementation_for
 from lightning_modules.models.frozen_lm import load_tokenizer, parse_dtype
 from lightning_modules.models.pooling import POOLINGS, pool
 from lightning_modules.models.registry import resolve_model_path
+from lightning_modules.models.tokenization import EmbedderTokenizer, Kind
+from retrieval.batching import map_in_length_order
 
-Kind = Literal["query", "document"]
 ENCODE_PRECISIONS = ("fp32", "float32", "bf16", "bfloat16", "bf16-autocast")
 DEFAULT_LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear"}
 
@@ -80,6 +81,7 @@ class Embedder(nn.Module):
         self.tokenizer.padding_side = "left" if pooling == "last" else "right"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.text_tokenizer = EmbedderTokenizer(self.tokenizer, self.instructions, max_length, append_eos)
         if append_eos and self.tokenizer.eos_token_id is None:
             raise ValueError(f"append_eos=True but the tokenizer of '{name_or_path}' has no EOS token")
         backbone = AutoModel.from_pretrained(
@@ -109,22 +111,8 @@ class Embedder(nn.Module):
 
     def tokenize(self, texts: Sequence[str], kind: Kind) -> dict[str, torch.Tensor]:
         """Tokenise with the instruction prefix for ``kind``, truncation, and padding, as tensors."""
-        return self._pad(self._token_ids(texts, kind))
-
-    def _token_ids(self, texts: Sequence[str], kind: Kind) -> list[list[int]]:
-        prefix = self.instructions[kind]
-        budget = self.max_length - (1 if self.append_eos else 0)
-        ids = self.tokenizer([prefix + t for t in texts], truncation=True, max_length=budget)["input_ids"]
-        if self.append_eos:
-            ids = [row + [self.tokenizer.eos_token_id] for row in ids]
-        # an empty text (no instruction, a tokenizer that adds no special token) is read as the EOS token
-        # alone: a batch of zero-length rows cannot run through the backbone
-        filler = [self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0]
-        return [row or filler for row in ids]
-
-    def _pad(self, ids: list[list[int]]) -> dict[str, torch.Tensor]:
-        padded = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
-        return {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"]}
+        tokens = self.text_tokenizer(texts, kind)
+        return {"input_ids": tokens.input_ids, "attention_mask": tokens.attention_mask}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Token ids ``[B, T]`` → embeddings ``[B, H]`` (float32 or wider, L2-normalised when ``normalize``)."""
@@ -137,8 +125,11 @@ class Embedder(nn.Module):
 
     def embed(self, texts: Sequence[str], kind: Kind) -> torch.Tensor:
         """Embed with gradients (training)."""
-        batch = {k: v.to(self.device) for k, v in self.tokenize(texts, kind).items()}
-        return self(**batch)
+        return self.embed_tokens(self.text_tokenizer(texts, kind).to(self.device))
+
+    def embed_tokens(self, tokens: TokenizedTexts) -> torch.Tensor:
+        """Embed texts tokenised by :attr:`text_tokenizer` (e.g. in a collator), with gradients."""
+        return self(tokens.input_ids, tokens.attention_mask)
 
     @torch.no_grad()
     def encode(
@@ -164,28 +155,27 @@ class Embedder(nn.Module):
             return torch.empty(0, self.dim)
         was_training = self.training
         self.eval()
-        ids = self._token_ids(texts, kind)
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-        out = torch.empty(len(ids), self.dim)
+        ids = self.text_tokenizer.token_ids(texts, kind)
         device = self.device
         bf16 = precision in ("bf16", "bfloat16", "bf16-autocast")
         use_autocast = precision == "bf16-autocast" or (bf16 and self.is_sharded())
         autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_autocast else nullcontext()
         weights = self.parameters_as(torch.bfloat16) if bf16 and not use_autocast else None
-        batches = range(0, len(order), batch_size)
+
+        def embed_rows(index: list[int]) -> torch.Tensor:
+            tokens = self.text_tokenizer.pad([ids[i] for i in index]).to(device)
+            batch = {"input_ids": tokens.input_ids, "attention_mask": tokens.attention_mask}
+            embeddings = self(**batch) if weights is None else functional_call(self, weights, kwargs=batch)
+            return embeddings.float().cpu()
+
         with autocast:
-            for start in tqdm(
-                batches,
+            out = map_in_length_order(
+                [len(row) for row in ids],
+                batch_size,
+                embed_rows,
                 desc=desc or ("encode queries" if kind == "query" else "encode documents"),
-                disable=not show_progress,
-                leave=False,
-            ):
-                index = order[start : start + batch_size]
-                batch = {k: v.to(device) for k, v in self._pad([ids[i] for i in index]).items()}
-                embeddings = (
-                    self(**batch) if weights is None else functional_call(self, weights, kwargs=batch)
-                )
-                out[index] = embeddings.float().cpu()
+                show_progress=show_progress,
+            )
         self.train(was_training)
         return out
 

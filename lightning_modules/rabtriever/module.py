@@ -7,7 +7,7 @@ Teacher and student share one frozen LM (the base module's ``frozen_lm``); only 
   (all before the final norm); ``p_S`` = frozen LM head(frozen norm(``P(h_q, Z_d)``)).
 - Loss: ``‖norm(P) − norm(h_T)‖² + λ·KL(p_S ‖ p_T)`` over the relevance tokens (or the vocabulary).
 - Retrieval: ``Z_d`` for the whole corpus is computed once (and cached on disk); each query costs one LM
-  pass plus N predictor calls; the evaluation callback calls :meth:`Rabtriever.retrieve`.
+  pass plus N predictor calls; the evaluation callback calls :meth:`RabtrieverModule.retrieve`.
 
 Everything the LM computes is a function of frozen weights and text, so it is cached in memory per text
 (teacher states per pair, ``Z_d`` per document, ``h_q`` per query): after the first epoch a training step
@@ -22,80 +22,68 @@ from typing import Any
 
 import torch
 
+from datamodules.batch import RetrievalBatch
+from datamodules.protocols import CorpusSource
 from datamodules.records import Document
 from lightning_modules.base import RetrieverModule
 from lightning_modules.distributed import is_sharded, lockstep, world_size
 from lightning_modules.losses.rabtriever import rabtriever_loss, relevance_log_odds
 from lightning_modules.rabtriever.passes import RelevanceLM, autocast_for
 from lightning_modules.rabtriever.predictor import build_predictor
-from lightning_modules.rabtriever.prompt import RelevancePrompt
+from lightning_modules.rabtriever.settings import RabtrieverSettings
 from lightning_modules.rabtriever.state_store import cached_document_states
+from lightning_modules.settings import SettingsError, settings_arguments
+from retrieval.search import top_k_in_blocks
 
-KL_TARGETS = ("relevance", "vocabulary")
 LOCKSTEP_FILLER = "."  # the text of the throw-away passes that keep the ranks in step under FSDP
 
 
-class Rabtriever(RetrieverModule):
+class RabtrieverModule(settings_arguments(RabtrieverSettings), RetrieverModule):
     """The Rabtriever student and its training against the generative-reranker teacher.
 
     Args:
         frozen_lm: keyword arguments of :class:`FrozenCausalLM` (teacher and student share it).
-        prompt: keyword arguments of :class:`RelevancePrompt`.
-        predictor: ``{"kind": "mlp"|"cross_attention", "inner_size", "num_heads", "dropout"}``.
-        num_document_states: K, document states kept per document (default 8).
-        kl_weight: λ of the reverse KL term (default 1).
-        kl_over: ``relevance`` (softmax over the relevance tokens, default) or ``vocabulary``.
-        on_policy_top_m: also train on the m corpus documents the student currently ranks highest per query
-            (their teacher targets are computed on the fly); 0 disables (default).
-        lm_batch_size: pairs / texts per frozen-LM pass.
-        lm_precision: ``fp32`` or ``bf16`` (autocast) for every frozen-LM pass.
-        cache_document_states: keep the corpus ``Z_d`` on disk between runs.
-        score_chunk: (query, document) pairs scored per predictor call at retrieval.
-        **kwargs: :class:`RetrieverModule` arguments (optimizer, scheduler, nan_policy, ...); no embedder.
+        **kwargs: the :class:`RabtrieverSettings` fields (``prompt``, ``predictor``, ``kl_over``, ...) and
+            the :class:`RetrieverModule` arguments (optimizer, scheduler, nan_policy, ...); no embedder.
+
+    Batches are tokenised here, not in the DataLoader workers: every frozen-LM pass is memoised per text
+    (most of a step's pairs are cached after the first epoch, and on-policy documents are picked at step
+    time), so tokenising them at collate time would be wasted work.
     """
 
-    def __init__(
-        self,
-        frozen_lm: dict[str, Any],
-        prompt: dict[str, Any] | None = None,
-        predictor: dict[str, Any] | None = None,
-        num_document_states: int = 8,
-        kl_weight: float = 1.0,
-        kl_over: str = "relevance",
-        on_policy_top_m: int = 0,
-        lm_batch_size: int = 16,
-        lm_precision: str = "fp32",
-        cache_document_states: bool = True,
-        score_chunk: int = 8192,
-        **kwargs: Any,
-    ):
+    def __init__(self, frozen_lm: dict[str, Any] | None = None, **kwargs: Any):
         if kwargs.get("embedder") is not None:
-            raise ValueError(
+            raise SettingsError(
                 "Rabtriever has no trainable embedder (the student reads the frozen LM): set model.embedder=null"
             )
-        if kl_over not in KL_TARGETS:
-            raise ValueError(f"kl_over must be one of {', '.join(KL_TARGETS)}; got '{kl_over}'")
-        if on_policy_top_m < 0:
-            raise ValueError(f"on_policy_top_m must be >= 0, got {on_policy_top_m}")
-        super().__init__(**{**kwargs, "embedder": None, "frozen_lm": frozen_lm})
+        if frozen_lm is None:
+            raise SettingsError("Rabtriever needs model.frozen_lm (teacher and student share it)")
+        settings, base = RabtrieverSettings.take(kwargs, RetrieverModule.__init__)
+        super().__init__(**{**base, "embedder": None, "frozen_lm": frozen_lm})
         self.save_hyperparameters()
+        self.settings: RabtrieverSettings = settings
         self.lm = RelevanceLM(
             self.frozen_lm.model,
             self.frozen_lm.tokenizer,
-            RelevancePrompt(**(prompt or {})),
-            num_document_states,
+            settings.prompt,
+            settings.num_document_states,
             name=f"frozen LM '{self.frozen_lm.name_or_path}'",
         )
-        predictor = dict(predictor or {})
+        predictor = dict(settings.predictor or {})
         self.predictor = build_predictor(predictor.pop("kind", "mlp"), self.lm.hidden_size, **predictor)
-        self.kl_weight, self.kl_over, self.on_policy_top_m = kl_weight, kl_over, on_policy_top_m
-        self.lm_batch_size, self.lm_precision, self.score_chunk = lm_batch_size, lm_precision, score_chunk
-        self.cache_document_states = cache_document_states
         self._teacher_states: dict[tuple[str, str], torch.Tensor] = {}
         self._document_states: dict[str, torch.Tensor] = {}
         self._query_states: dict[str, torch.Tensor] = {}
         self._corpus: tuple[str, torch.Tensor] | None = None
         self.document_state_seconds: float | None = None
+
+    @property
+    def lm_batch_size(self) -> int:
+        return self.settings.lm_batch_size
+
+    @property
+    def lm_precision(self) -> str:
+        return self.settings.lm_precision
 
     # ---- the student -------------------------------------------------------------------------------------
     def student_logits(
@@ -164,7 +152,7 @@ class Rabtriever(RetrieverModule):
                 texts,
                 self.lm_batch_size,
                 self.lm_precision,
-                use_disk=self.cache_document_states,
+                use_disk=self.settings.cache_document_states,
                 lockstep=self.lm_is_sharded(),
             )
             self._corpus = (digest, states)
@@ -177,16 +165,13 @@ class Rabtriever(RetrieverModule):
         self, query_states: torch.Tensor, stored: torch.Tensor, top_k: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k ``(scores, indices)`` ``[Q, k]`` of each query over all stored ``Z_d`` ``[N, K, H]``."""
-        top_k = min(top_k, stored.shape[0])
-        docs_per_call = max(self.score_chunk // max(query_states.shape[0], 1), 1)
-        scores = torch.empty(query_states.shape[0], stored.shape[0])
-        for start in range(0, stored.shape[0], docs_per_call):
-            block = stored[start : start + docs_per_call].to(self.device)
-            scores[:, start : start + block.shape[0]] = (
-                self.student_scores(query_states[:, None], block[None]).float().cpu()
-            )
-        top = scores.topk(top_k, dim=1)
-        return top.values, top.indices
+
+        def score_block(start: int, end: int) -> torch.Tensor:
+            block = stored[start:end].to(self.device)
+            return self.student_scores(query_states[:, None], block[None]).float().cpu()
+
+        docs_per_call = max(self.settings.score_chunk // max(query_states.shape[0], 1), 1)
+        return top_k_in_blocks(score_block, query_states.shape[0], stored.shape[0], top_k, docs_per_call)
 
     @torch.no_grad()
     def retrieve(
@@ -208,39 +193,38 @@ class Rabtriever(RetrieverModule):
     # ---- training -----------------------------------------------------------------------------------------
     def on_policy_pool(self) -> list[str]:
         """The documents on-policy candidates come from: the training data module's corpus."""
-        corpus = self.trainer.datamodule.load_corpus()
+        datamodule = self.trainer.datamodule
+        if not isinstance(datamodule, CorpusSource):
+            raise TypeError(
+                f"on-policy documents need a datamodule with a corpus, not {type(datamodule).__name__}"
+            )
+        corpus = datamodule.load_corpus()
         return [d.as_text() for d in corpus.corpus.values()]
 
     def on_policy_documents(self, queries: Sequence[str], exclude: Sequence[set[str]]) -> list[list[str]]:
         """Per query, the ``on_policy_top_m`` corpus documents the student ranks highest (excluding given ones)."""
         texts = self.on_policy_pool()
         stored = self.corpus_states(texts)
-        want = self.on_policy_top_m + max(len(e) for e in exclude)
+        want = self.settings.on_policy_top_m + max(len(e) for e in exclude)
         _, indices = self.score_stored(self.query_states(queries), stored, want)
         picked = []
         for row, skip in zip(indices.tolist(), exclude):
-            picked.append([texts[i] for i in row if texts[i] not in skip][: self.on_policy_top_m])
+            picked.append([texts[i] for i in row if texts[i] not in skip][: self.settings.on_policy_top_m])
         return picked
 
-    def training_pairs(self, batch: dict[str, Any]) -> tuple[list[str], list[str]]:
+    def training_pairs(self, batch: RetrievalBatch) -> tuple[list[str], list[str]]:
         """Aligned (query, document) lists: each query with its group, plus on-policy documents when enabled."""
-        queries, documents = batch["queries"], batch["documents"]
-        if len(documents) % len(queries):
-            raise ValueError(
-                f"batch has {len(documents)} documents for {len(queries)} queries: groups must be equal"
-            )
-        group = len(documents) // len(queries)
-        groups = [documents[i * group : (i + 1) * group] for i in range(len(queries))]
-        if self.on_policy_top_m:
-            extra = self.on_policy_documents(queries, [set(g) for g in groups])
+        groups = [list(group) for group in batch.documents]
+        if self.settings.on_policy_top_m:
+            extra = self.on_policy_documents(batch.queries, [set(g) for g in groups])
             groups = [g + e for g, e in zip(groups, extra)]
-        return [q for q, g in zip(queries, groups) for _ in g], [d for g in groups for d in g]
+        return [q for q, g in zip(batch.queries, groups) for _ in g], [d for g in groups for d in g]
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        pair_queries, pair_documents = self.training_pairs(batch)
+    def training_step(self, batch: RetrievalBatch, batch_idx: int) -> torch.Tensor | None:
+        pair_queries, pair_documents = self.training_pairs(self.prepared(batch))
         teacher_answer, document_states = self.teacher_states(pair_queries, pair_documents)
         query_states = self.query_states(pair_queries)
-        vocabulary = self.kl_over == "vocabulary"
+        vocabulary = self.settings.kl_over == "vocabulary"
         student_normed, student_logits = self.student_logits(query_states, document_states, vocabulary)
         with torch.no_grad():
             teacher_normed = self.lm.final_norm(teacher_answer)
@@ -250,7 +234,7 @@ class Rabtriever(RetrieverModule):
                 else self.lm.relevance_logits(teacher_normed)
             )
         losses = rabtriever_loss(
-            student_normed, teacher_normed, student_logits, teacher_logits, self.kl_weight
+            student_normed, teacher_normed, student_logits, teacher_logits, self.settings.kl_weight
         )
         size = len(pair_queries)
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=size)

@@ -21,6 +21,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lightning_modules.rabtriever.prompt import PromptTokenizer, RelevancePrompt, pad_right
+from retrieval.batching import map_in_length_order
 
 FINAL_NORM_NAMES = ("norm", "final_layernorm", "ln_f")
 
@@ -166,14 +167,15 @@ class RelevanceLM(nn.Module):
         """``[B]`` relevance log-odds of aligned pairs, batched by length (no gradient)."""
         from lightning_modules.losses.rabtriever import relevance_log_odds
 
-        order = sorted(range(len(queries)), key=lambda i: -len(documents[i]))
-        scores = torch.empty(len(queries))
+        if not queries:
+            return torch.empty(0)
+
+        def score(index: list[int]) -> torch.Tensor:
+            out = self.teacher([queries[i] for i in index], [documents[i] for i in index])
+            return relevance_log_odds(out.relevance_logits).float().cpu()
+
         with autocast_for(precision, self.device):
-            for start in range(0, len(order), batch_size):
-                index = order[start : start + batch_size]
-                out = self.teacher([queries[i] for i in index], [documents[i] for i in index])
-                scores[index] = relevance_log_odds(out.relevance_logits).float().cpu()
-        return scores
+            return map_in_length_order([len(d) for d in documents], batch_size, score)
 
 
 @contextmanager

@@ -14,9 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from transformers import PreTrainedTokenizerBase
+
+from lightning_modules.models.tokenization import plain_token_ids
+from lightning_modules.settings import Settings, SettingsError
 
 CHAT_MARK = "\x00RABTRIEVER\x00"
 DEFAULT_DOCUMENT_TEMPLATE = "Document: {document}\n\n"
@@ -24,7 +28,7 @@ DEFAULT_QUERY_TEMPLATE = "Question: {query}\n\nDoes the document contain informa
 
 
 @dataclass(frozen=True)
-class RelevancePrompt:
+class RelevancePrompt(Settings):
     """A yes/no-style relevance prompt (LaHoRe / Rabtriever teacher), configurable.
 
     Args:
@@ -44,16 +48,20 @@ class RelevancePrompt:
     max_document_tokens: int = 128
     max_query_tokens: int = 64
 
-    def __post_init__(self) -> None:
+    config_key: ClassVar[str] = "model.prompt"
+
+    def check(self) -> None:
         if self.document_template.count("{document}") != 1:
-            raise ValueError(
-                f"prompt.document_template must contain '{{document}}' once: {self.document_template!r}"
+            raise SettingsError(
+                f"model.prompt.document_template must contain '{{document}}' once: {self.document_template!r}"
             )
         if self.query_template.count("{query}") != 1:
-            raise ValueError(f"prompt.query_template must contain '{{query}}' once: {self.query_template!r}")
+            raise SettingsError(
+                f"model.prompt.query_template must contain '{{query}}' once: {self.query_template!r}"
+            )
         if len(self.relevance_tokens) < 2:
-            raise ValueError(
-                f"prompt.relevance_tokens needs at least two answers, got {list(self.relevance_tokens)}"
+            raise SettingsError(
+                f"model.prompt.relevance_tokens needs at least two answers, got {list(self.relevance_tokens)}"
             )
         object.__setattr__(self, "relevance_tokens", tuple(self.relevance_tokens))
 
@@ -97,8 +105,7 @@ class PromptTokenizer:
     def _encode_many(self, texts: Sequence[str], limit: int) -> list[list[int]]:
         if not texts:
             return []
-        ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-        return [row[:limit] for row in ids]
+        return plain_token_ids(self.tokenizer, texts, limit)
 
     def document_ids(self, documents: Sequence[str], with_prefix: bool = True) -> list[list[int]]:
         """``prefix + document part`` per document (the teacher's and the student's shared beginning)."""

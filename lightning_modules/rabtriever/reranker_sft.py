@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from datamodules.batch import RetrievalBatch
 from lightning_modules.losses.rabtriever import listwise_relevance_loss, relevance_classification_loss
 from lightning_modules.models.embedder import DEFAULT_LORA
 from lightning_modules.models.frozen_lm import load_frozen_lm
@@ -18,11 +19,11 @@ from lightning_modules.rabtriever.prompt import RelevancePrompt
 SFT_LOSSES = ("pointwise", "listwise")
 
 
-class RerankerSFT(L.LightningModule):
+class RerankerSFTModule(L.LightningModule):
     """LoRA on the causal LM, trained on the relevance answer token of (query, document) pairs.
 
-    Batches are :class:`datamodules.RetrievalDataModule` batches: ``queries`` (B), ``documents`` (B·G) and
-    ``labels`` ``[B, G]`` (True for the query's positive).
+    Batches are :class:`datamodules.retrieval.RetrievalDataModule` batches: ``queries`` (B), their groups
+    of ``documents`` (B × G) and ``gold`` ``[B, G]`` (True for the query's positive).
 
     Args:
         name_or_path: the LM to fine-tune (registry alias, folder or hub name).
@@ -66,12 +67,13 @@ class RerankerSFT(L.LightningModule):
         )
         self.lr = lr
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        queries, documents, labels = batch["queries"], batch["documents"], batch["labels"]
-        group = labels.shape[1]
-        pair_queries = [q for q in queries for _ in range(group)]
+    def training_step(self, batch: RetrievalBatch, batch_idx: int) -> torch.Tensor:
+        if batch.gold is None:
+            raise ValueError("the reranker's fine-tuning needs relevance labels (a batch without gold)")
+        pair_queries = [q for q, group in zip(batch.queries, batch.documents) for _ in group]
+        documents = batch.flat_documents
         logits = self.lm.teacher(pair_queries, documents).relevance_logits
-        labels = labels.to(logits.device)
+        labels = batch.gold.to(logits.device)
         if self.loss_kind == "listwise":
             loss = listwise_relevance_loss(logits.view(*labels.shape, -1), labels)
         else:

@@ -2,13 +2,15 @@
 prompt, and align the pooled special-token embedding with an unsupervised teacher's embedding of it.
 
 ``L = w_rec · CE_recon(response | soft prompt) + w_align · MSE(mean_K(alignment), teacher(response))``
-(docs/llm2vec_gen.md). Both are pure tensor functions.
+(docs/llm2vec_gen.md). All are pure tensor functions.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from lightning_modules.losses.token_nll import token_nll
 
 
 def reconstruction_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -32,9 +34,7 @@ def reconstruction_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch
     mask = mask.bool()
     if not mask.any():
         raise ValueError("reconstruction_loss got no response token (the mask is all False)")
-    log_probs = F.log_softmax(logits.float(), dim=-1)
-    token_nll = -log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (token_nll * mask).sum() / mask.sum()
+    return token_nll(logits, targets, mask).sum() / mask.sum()
 
 
 def alignment_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -51,3 +51,35 @@ def alignment_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor
             f"alignment_loss: student {tuple(student.shape)} and teacher {tuple(teacher.shape)} differ"
         )
     return F.mse_loss(student.float(), teacher.float().detach())
+
+
+def llm2vec_gen_loss(
+    logits: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    embedding: torch.Tensor,
+    teacher_targets: torch.Tensor,
+    reconstruction_weight: float = 1.0,
+    alignment_weight: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """``{"loss": w_rec · CE_recon + w_align · MSE, "reconstruction": CE_recon, "alignment": MSE}``.
+
+    Inputs:
+
+    ==============================  ===================  ================================================
+    batch field (``lm_inputs``)     argument             shape
+    ==============================  ===================  ================================================
+    (the frozen decoder's output)   ``logits``           ``[B, T, V]`` given ``[soft prompt ; response]``
+    ``response_ids``                ``response_ids``     ``[B, T]`` the LM's cached response, right-padded
+    ``response_mask``               ``response_mask``    ``[B, T]`` bool
+    (the alignment head's output)   ``embedding``        ``[B, D]`` ``mean_K(alignment(s_k))``
+    ``teacher_targets``             ``teacher_targets``  ``[B, D]`` the teacher's embedding of each response
+    ==============================  ===================  ================================================
+
+    Example: one response token with ``logits = [0, 0]``, ``embedding = [[1, 0]]``, ``teacher = [[0, 0]]``
+    and unit weights: ``{"loss": log 2 + 0.5, "reconstruction": log 2, "alignment": 0.5}``.
+    """
+    reconstruction = reconstruction_loss(logits, response_ids, response_mask)
+    alignment = alignment_loss(embedding, teacher_targets.to(embedding.device))
+    total = reconstruction_weight * reconstruction + alignment_weight * alignment
+    return {"loss": total, "reconstruction": reconstruction, "alignment": alignment}

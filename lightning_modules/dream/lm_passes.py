@@ -1,4 +1,5 @@
-"""The frozen LM's target NLL under a DREAM bias, with the document prefix run once without gradient."""
+"""The frozen LM's passes under a DREAM bias: the document prefix once without gradient (a key/value cache),
+then the prompt and target with the bias (:func:`lightning_modules.losses.dream.dream_lm_loss` scores them)."""
 
 from __future__ import annotations
 
@@ -8,29 +9,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from lightning_modules.dream.attention import DreamBias
-from lightning_modules.dream.inputs import IGNORE_INDEX, DreamInputs, block_diagonal_mask
-
-
-def target_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-token NLL ``[B, S]`` of ``labels`` under ``logits [B, S, V]`` (0 where ``labels == -100``)."""
-    log_probs = torch.log_softmax(logits.float(), dim=-1)
-    safe = labels.clamp(min=0)
-    nll = -log_probs.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
-    return nll * (labels != IGNORE_INDEX)
-
-
-def mean_target_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean NLL over all target tokens of the batch (the DREAM loss: target tokens only)."""
-    count = (labels != IGNORE_INDEX).sum()
-    if count == 0:
-        raise ValueError("the batch has no target token to score")
-    return target_token_nll(logits, labels).sum() / count
-
-
-def per_example_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean target NLL of each row ``[B]``."""
-    count = (labels != IGNORE_INDEX).sum(dim=1).clamp(min=1)
-    return target_token_nll(logits, labels).sum(dim=1) / count
+from lightning_modules.dream.inputs import DreamInputs, block_diagonal_mask
 
 
 class DocumentPrefixCache(DynamicCache):
@@ -118,35 +97,9 @@ def suffix_logits(
     return output.logits
 
 
-def dream_lm_loss(
-    model: PreTrainedModel,
-    inputs: DreamInputs,
-    key_bias: torch.Tensor,
-    heads: dict[int, tuple[int, ...]],
-    reuse_document_cache: bool = True,
-    block_diagonal: bool = False,
-) -> torch.Tensor:
-    """Mean target NLL of the frozen LM with the DREAM bias; differentiable in ``key_bias``."""
-    cache = encode_documents_prefix(model, inputs, block_diagonal) if reuse_document_cache else None
-    logits = suffix_logits(model, inputs, key_bias, heads, cache, block_diagonal)
-    return mean_target_nll(logits, inputs.labels)
-
-
 def copy_cache(cache):
     """An independent copy of a key/value cache (a suffix pass appends to a writable cache); a read-only
     :class:`DocumentPrefixCache` is returned as it is, since no pass can change it."""
     if isinstance(cache, DocumentPrefixCache) and cache.read_only:
         return cache
     return copy.deepcopy(cache)
-
-
-__all__ = [
-    "DocumentPrefixCache",
-    "copy_cache",
-    "dream_lm_loss",
-    "encode_documents_prefix",
-    "mean_target_nll",
-    "per_example_nll",
-    "suffix_logits",
-    "target_token_nll",
-]
