@@ -44,6 +44,14 @@ def test_split_template_moves_the_space_into_the_output():
     assert output == " Paris"
 
 
+def test_the_teacher_scores_only_the_answer_tokens_as_the_reference():
+    icl = task_settings()["icl"].template
+    prompt, output = split_template(icl, "Review: great\npositive", "Review: awful", "negative")
+    assert (prompt, output) == ("Review: great\npositive\nReview: awful\n", "negative")  # no "\n" scored
+    chat = task_settings()["chat"].template
+    assert split_template(chat, "history", "hi", "hello")[1] == " hello"  # the space is the word's own
+
+
 def test_task_settings_reference_defaults_and_overrides():
     settings = task_settings({"qa": {"contrastive_weight": 0.2}})
     assert settings["qa"].distillation == "graded" and settings["qa"].contrastive_weight == 0.2

@@ -99,6 +99,7 @@ class TeacherScorer:
         return {
             "lm": self._identity,
             "template": template,
+            "scored": "answer_tokens",  # since the icl fix: the line break before the answer is not scored
             "reward": reward,
             "key_max_tokens": self.settings.key_max_tokens,
             "output_max_tokens": self.settings.output_max_tokens,

@@ -129,10 +129,13 @@ def task_settings(overrides: dict[str, dict[str, Any]] | None = None) -> dict[st
 
 
 def split_template(template: str, key: str, query: str, answer: str) -> tuple[str, str]:
-    """``(prompt, output)``: the filled template cut where ``{answer}`` starts, the whitespace before the
-    answer moved into the output (so ``"Answer: Paris"`` scores ``" Paris"`` given ``"…Answer:"``)."""
+    """``(prompt, output)``: the filled template cut where ``{answer}`` starts; the teacher scores only the
+    answer's tokens, as the reference (``run_lm_score.py`` labels the tokens of ``"Answer: " + answer`` minus
+    those of ``"Answer:"``). Spaces right before the answer belong to its first token and move into the
+    output (``"Answer: Paris"`` scores ``" Paris"`` given ``"…Answer:"``); a line break stays in the prompt
+    (icl's ``"{query}\n{answer}"`` scores ``"Paris"`` given ``"…\n"``, not the ``"\n"`` token)."""
     head, tail = template.split("{answer}", 1)
-    stripped = head.rstrip()
+    stripped = head.rstrip(" \t")
     gap = head[len(stripped) :]
     prompt = stripped.format(key=key.strip(), query=query.strip())
     output = gap + answer.strip() + tail.format(key=key.strip(), query=query.strip())
