@@ -73,8 +73,19 @@ def run_mteb(
     return summarize(result, metrics)
 
 
+TINY_TASK = "tiny_hotpotqa@dev"  # what hub tasks become under debug=tiny (offline, seconds)
+
+
+def tiny_task_specs(specs: Sequence[str]) -> list[str]:
+    """``specs`` with every hub task (a name, a benchmark, a named set) replaced by the in-repo fixture."""
+    from datamodules.mteb_tasks import parse_local_spec
+
+    kept = [s for s in specs if s == DATAMODULE_SPEC or parse_local_spec(s) is not None]
+    return kept + ([TINY_TASK] if len(kept) < len(specs) and TINY_TASK not in kept else [])
+
+
 class MTEBCallback(L.Callback):
-    """Evaluate the module with mteb at every validation.
+    """Evaluate the module with mteb at every validation, and on ``final_tasks`` once when fit ends.
 
     Args:
         tasks: task specs (see :mod:`datamodules.mteb_tasks`): local BEIR folders/aliases ``path[@split]``,
@@ -86,6 +97,10 @@ class MTEBCallback(L.Callback):
         max_queries: evaluate only the first N judged queries of local tasks.
         name: model name in mteb results (default: the experiment name from the run directory).
         prefix: log key prefix.
+        final_tasks: task specs evaluated once at the end of fit (e.g. the full ``beir`` set while
+            ``tasks`` is ``nanobeir``); written to ``<run>/mteb/final.json``. Their names are checked at
+            setup, their data loaded only at the end.
+        tiny: ``debug=tiny``: hub tasks become the in-repo fixture (:data:`TINY_TASK`).
     """
 
     def __init__(
@@ -96,12 +111,16 @@ class MTEBCallback(L.Callback):
         max_queries: int | None = None,
         name: str | None = None,
         prefix: str = "mteb",
+        final_tasks: Sequence[str] = (),
+        tiny: bool = False,
     ):
         if not tasks:
             raise ValueError(
                 "MTEBCallback needs at least one task (a BEIR folder, 'datamodule', or an mteb task name)"
             )
-        self.task_specs = list(tasks)
+        self.task_specs = tiny_task_specs(tasks) if tiny else list(tasks)
+        self.final_specs = tiny_task_specs(final_tasks) if tiny and final_tasks else list(final_tasks)
+        self.final_tasks: list[Any] | None = None
         self.metrics = tuple(metrics)
         self.title_separator = title_separator
         self.max_queries = max_queries
@@ -147,8 +166,13 @@ class MTEBCallback(L.Callback):
         return task_class(folder, split=datamodule.eval_split, name=name, max_queries=max_queries)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Resolve and load the tasks before training, so a bad spec or an offline hub task fails at once."""
+        """Resolve and load the tasks before training, so a bad spec or an offline hub task fails at once;
+        the final tasks are resolved (names checked) but loaded only when fit ends."""
+        from datamodules.mteb_tasks import resolve_tasks
+
         self.resolve(trainer)
+        if self.final_specs and self.final_tasks is None:
+            self.final_tasks = resolve_tasks(self.final_specs, max_queries=self.max_queries)
 
     # ---- evaluation -----------------------------------------------------------------------------------
     def model_name(self, trainer: L.Trainer) -> str:
@@ -157,8 +181,11 @@ class MTEBCallback(L.Callback):
         parts = Path(trainer.default_root_dir).resolve().parts
         return parts[-3] if len(parts) >= 3 else parts[-1]
 
-    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
-        """Scores of every task; the module encodes with its own settings (``eval_batch_size``, ``eval_precision``)."""
+    def evaluate(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, tasks: Sequence[Any] | None = None
+    ) -> dict[str, Any]:
+        """Scores of every task (default: ``tasks``); the module encodes with its own settings
+        (``eval_batch_size``, ``eval_precision``)."""
         from callbacks.retrieval_eval import encode_sharded
         from lightning_modules.mteb_encoder import MTEBEncoder
 
@@ -170,7 +197,7 @@ class MTEBCallback(L.Callback):
             encode_fn=lambda method, texts: encode_sharded(trainer, pl_module, method, texts),
         )
         start = time.perf_counter()
-        scores = run_mteb(encoder, self.resolve(trainer), self.metrics)
+        scores = run_mteb(encoder, self.resolve(trainer) if tasks is None else tasks, self.metrics)
         return {
             "tasks": scores,
             "mean": mean_main_score(scores),
@@ -198,6 +225,22 @@ class MTEBCallback(L.Callback):
             )
             rank_zero_info(
                 f"[mteb step {record['step']}] {summary}; mean {record['mean']:.4f} ({record['seconds']:.0f} s)"
+            )
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The final task set, once, on the trained module (every rank encodes; rank 0 writes)."""
+        if not self.final_specs or trainer.global_step == 0:
+            return
+        from datamodules.mteb_tasks import preload
+
+        tasks = self.final_tasks or []
+        preload(tasks)
+        record = {**self.evaluate(trainer, pl_module, tasks), "step": trainer.global_step, "final": True}
+        self.history.append(record)
+        if trainer.is_global_zero:
+            write_json_atomically(Path(trainer.default_root_dir) / "mteb" / "final.json", record)
+            rank_zero_info(
+                f"[mteb final, step {record['step']}] mean {record['mean']:.4f} ({record['seconds']:.0f} s)"
             )
 
 

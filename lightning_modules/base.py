@@ -165,7 +165,11 @@ class RetrieverModule(L.LightningModule):
         if self.embedder is None:
             raise NotImplementedError(f"{type(self).__name__} has no embedder to export")
         embedder = self.embedder if parameters is None else self.unwrapped_embedder(parameters)
-        return embedder.save_pretrained(path, model_card=model_card)
+        return embedder.save_pretrained(path, model_card=model_card, prompts=self.export_prompts())
+
+    def export_prompts(self) -> dict[str, str]:
+        """Named sentence-transformers prompts the export carries besides the embedder's own (none here)."""
+        return {}
 
     def unwrapped_embedder(self, parameters: dict[str, torch.Tensor]) -> Embedder:
         """A new :class:`Embedder` from ``hparams["embedder"]`` holding ``parameters`` (every one of them)."""

@@ -37,6 +37,8 @@ def llm_embedder_tiny_overrides(experiment: str, train: bool = False) -> list[st
         "model.teacher.key_max_tokens=24",
         "model.teacher.output_max_tokens=8",
         "model.teacher.show_progress=false",
+        "model.teacher.num_samples=2",  # the rank-aware reward (llm_embedder_base): 2 short samples
+        "model.teacher.max_new_tokens=4",
     ]
     if train:
         overrides += [

@@ -27,7 +27,12 @@ EMBEDDER = {"name_or_path": "tiny-bert", "pooling": "mean", "max_length": 32}
 
 
 def make_module(tmp_path: Path, **kwargs) -> LLMEmbedderModule:
-    teacher = {"cache_dir": str(tmp_path / "scores"), "show_progress": False, "key_max_tokens": 24}
+    teacher = {
+        "cache_dir": str(tmp_path / "scores"),
+        "show_progress": False,
+        "key_max_tokens": 24,
+        "reward": "nll",
+    }
     return LLMEmbedderModule(
         embedder=EMBEDDER, frozen_lm={"name_or_path": "tiny-llama"}, teacher=teacher, **kwargs
     )
@@ -85,6 +90,21 @@ def test_eval_uses_the_eval_task_instructions(tmp_path):
     assert module.untrained_score_key()["task_instructions"]["query"].startswith("Represent this query")
 
 
+def test_export_carries_every_task_instruction_as_a_sentence_transformers_prompt(tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    module = LLMEmbedderModule(embedder=EMBEDDER, frozen_lm=None)
+    model = SentenceTransformer(str(module.export(tmp_path / "export")), device="cpu")
+    chat = module.task_settings["chat"]
+    assert (
+        model.prompts["chat_query"] == chat.query_instruction
+        and model.prompts["chat_key"] == chat.key_instruction
+    )
+    assert model.prompts["query"] == module.task_settings["qa"].query_instruction  # the evaluation task's
+    exported = model.encode(["hello"], prompt_name="query", convert_to_tensor=True).cpu()
+    torch.testing.assert_close(exported, module.encode_queries(["hello"]), atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("experiment", ["llm_embedder_tiny", "llm_embedder_tiny_minilm", "llm_embedder_base"])
 def test_experiment_smoke_runs_offline(experiment, tmp_path, monkeypatch):
     monkeypatch.setenv("LSR_CACHE_DIR", str(tmp_path / "cache"))
@@ -95,7 +115,8 @@ def test_experiment_smoke_runs_offline(experiment, tmp_path, monkeypatch):
     assert results["budget"]["steps"] == 2
     assert results["metrics"]["before"] is not None and results["metrics"]["after"] is not None
     report = json.loads((Path(results["run_dir"]) / "teacher_scoring.json").read_text())
-    assert report["reward"] == "nll" and report["qa"]["task"] == "qa" and report["qa"]["items"] > 0
+    reward = "rank_aware" if experiment == "llm_embedder_base" else "nll"  # the paper's reward in the recipe
+    assert report["reward"] == reward and report["qa"]["task"] == "qa" and report["qa"]["items"] > 0
 
 
 def test_base_experiment_composes_and_falls_back_to_local_samples_when_tiny():
@@ -106,7 +127,7 @@ def test_base_experiment_composes_and_falls_back_to_local_samples_when_tiny():
     examples = {
         name: load_task_examples(name, dict(spec), tiny=True) for name, spec in cfg.data.tasks.items()
     }
-    assert {e[0].task for e in examples.values()} == {"qa", "tool", "convsearch", "icl", "lrlm"}
+    assert {e[0].task for e in examples.values()} == {"qa", "chat", "tool", "convsearch", "icl", "lrlm"}
     assert all(examples.values())
 
 

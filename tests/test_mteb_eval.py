@@ -184,6 +184,12 @@ class RecordingModule:
         self.logged[name] = value
 
 
+def test_under_debug_tiny_hub_task_sets_become_the_fixture():
+    callback = MTEBCallback(tasks=["nanobeir", "tiny_hotpotqa@dev"], final_tasks=["beir", "NQ"], tiny=True)
+    assert callback.task_specs == ["tiny_hotpotqa@dev"] and callback.final_specs == ["tiny_hotpotqa@dev"]
+    assert MTEBCallback(tasks=["nanobeir"], final_tasks=["beir"]).final_specs == ["beir"]
+
+
 def test_callback_logs_rank_zero_scores_on_every_rank(tmp_path, monkeypatch):
     """Under DDP every rank evaluates (the encoders' collectives need them) and logs rank 0's broadcast scores."""
     rank0 = {"tasks": {"hotpotqa-dev": {"main_score": 0.5, "ndcg_at_10": 0.5}}, "mean": 0.5, "seconds": 1.0}
@@ -218,12 +224,14 @@ def test_training_with_mteb_callback_logs_and_monitors(tmp_path):
     """debug=tiny with callbacks=mteb: per-task scores logged, mteb/mean picks the best checkpoint."""
     from tests.helpers import run_experiment
 
-    results = run_experiment(
-        ["exp=default", "debug=tiny", "callbacks=mteb", "callbacks.mteb.title_separator=': '"], tmp_path
-    )
+    overrides = ["exp=default", "debug=tiny", "callbacks=mteb", "callbacks.mteb.title_separator=': '"]
+    results = run_experiment([*overrides, "callbacks.mteb.final_tasks=[beir]"], tmp_path)
     run_dir = Path(results["run_dir"])
     records = [json.loads(p.read_text()) for p in sorted((run_dir / "mteb").glob("step_*.json"))]
     assert [r["step"] for r in records] == [0, 2]
+    # the final set (full BEIR on a cluster) ran once on the trained model; under debug=tiny: the fixture
+    final = json.loads((run_dir / "mteb" / "final.json").read_text())
+    assert final["step"] == 2 and final["final"] and final["tasks"] == records[-1]["tasks"]
     # with the same document texts, MTEB on the datamodule's split equals the training-time evaluation
     assert records[-1]["tasks"]["tiny_hotpotqa-dev"]["ndcg_at_10"] == pytest.approx(
         results["metrics"]["after"]["ndcg@10"], abs=1e-5

@@ -64,6 +64,17 @@ class LLMEmbedderModule(settings_arguments(LLMEmbedderSettings), RetrieverModule
         prefix = self.task(self.settings.eval_task).key_instruction
         return super().encode_documents([prefix + t for t in texts], show_progress=show_progress)
 
+    def export_prompts(self) -> dict[str, str]:
+        """Every task's instructions as sentence-transformers prompts (``<task>_query`` / ``<task>_key``), and
+        ``query`` / ``document`` = the evaluation task's: a user's encode matches training (the reference's
+        export carries none; its README asks users to prepend them)."""
+        prompts = {}
+        for name, settings in self.task_settings.items():
+            prompts[f"{name}_query"] = settings.query_instruction
+            prompts[f"{name}_key"] = settings.key_instruction
+        evaluation = self.task(self.settings.eval_task)
+        return {**prompts, "query": evaluation.query_instruction, "document": evaluation.key_instruction}
+
     def untrained_score_key(self) -> dict[str, Any] | None:
         key = super().untrained_score_key()
         if key is not None:

@@ -16,7 +16,8 @@ class TeacherSettings(Settings):
     """How the frozen LM scores (key, query, answer) triples (:class:`~.teacher.TeacherScorer`).
 
     Attributes:
-        reward: ``nll`` (reference code) or ``rank_aware`` ([ours], see :mod:`.rewards`).
+        reward: ``rank_aware`` (the paper's reward, default; its formula is [ours], see :mod:`.rewards`) or
+            ``nll`` (the reference code).
         num_samples / max_new_tokens / sample_temperature: the rank-aware reward's N samples.
         tie_break: order equal ranks by the desired output's likelihood (rank-aware only).
         key_max_tokens / output_max_tokens: truncation of the key and of the desired output, in tokens.
@@ -31,7 +32,7 @@ class TeacherSettings(Settings):
     """
 
     config_key: ClassVar[str] = "model.teacher"
-    reward: Literal["nll", "rank_aware"] = "nll"
+    reward: Literal["nll", "rank_aware"] = "rank_aware"
     num_samples: int = 4
     max_new_tokens: int = 16
     sample_temperature: float = 1.0
@@ -63,7 +64,8 @@ class LLMEmbedderSettings(Settings):
             kind, loss weights, teacher temperature).
         weight_temperature: τ_w of the graded weights ``softmax(r / τ_w)``; None takes 1.0 for the nll
             reward and 0.1 for rank_aware ([ours]).
-        graded_order: ``teacher`` (label-free: all candidates sorted by reward) or ``positive_first``.
+        graded_order: ``positive_first`` (default: the labelled positive pinned first, the paper's hard labels
+            and the reference's order; without labels the teacher's favourite) or ``teacher`` (label-free).
         eval_task: whose instructions evaluation uses (``qa`` for the HotpotQA lab).
         prescore: score every training candidate at the start of fit (cached; resumable).
     """
@@ -72,7 +74,7 @@ class LLMEmbedderSettings(Settings):
     teacher: TeacherSettings = field(default_factory=TeacherSettings)
     tasks: dict[str, dict[str, Any]] | None = None
     weight_temperature: float | None = None
-    graded_order: Literal["teacher", "positive_first"] = "teacher"
+    graded_order: Literal["teacher", "positive_first"] = "positive_first"
     eval_task: str = "qa"
     prescore: bool = True
 

@@ -201,8 +201,14 @@ class Embedder(nn.Module):
             return self.backbone
         return copy.deepcopy(self.backbone).merge_and_unload()
 
-    def save_pretrained(self, path: str | Path, model_card: str | None = None) -> Path:
-        """Export as a sentence-transformers folder (plain HF weights + pooling/normalize modules + prompts)."""
+    def save_pretrained(
+        self, path: str | Path, model_card: str | None = None, prompts: dict[str, str] | None = None
+    ) -> Path:
+        """Export as a sentence-transformers folder (plain HF weights + pooling/normalize modules + prompts).
+
+        The ``query`` / ``document`` prompts are this embedder's instructions; ``prompts`` adds (or replaces)
+        named ones, e.g. LLM-Embedder's per-task instructions (``model.encode(texts, prompt_name="qa_query")``).
+        """
         from sentence_transformers import SentenceTransformer
         from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
@@ -228,8 +234,8 @@ class Embedder(nn.Module):
         modules: list[nn.Module] = [transformer, Pooling(self.dim, pooling_mode=modes[self.pooling])]
         if self.normalize:
             modules.append(Normalize())
-        prompts = {k: v for k, v in self.instructions.items() if v}
-        model = SentenceTransformer(modules=modules, prompts=prompts or None, device="cpu")
+        named = {k: v for k, v in {**self.instructions, **(prompts or {})}.items() if v}
+        model = SentenceTransformer(modules=modules, prompts=named or None, device="cpu")
         model.save(str(path))
         import shutil
 
