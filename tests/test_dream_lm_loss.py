@@ -29,6 +29,28 @@ def test_layout_left_pads_documents_and_labels_only_the_target(tokenizer):
     assert inputs.position_ids[1, P - 1] == inputs.attention_mask[1, :P].sum() - 1
 
 
+def test_a_bos_token_starts_every_row_unbiased_and_visible_to_every_document(tokenizer):
+    bos = tokenizer.bos_token_id
+    assert bos is not None
+    documents = [["paris is the capital", "france"], ["the seine flows"]]
+    prompts, targets = ["which city", "which river"], ["paris", "seine"]
+    plain = build_dream_inputs(tokenizer, documents, prompts, targets)
+    inputs = build_dream_inputs(tokenizer, documents, prompts, targets, bos_token_id=bos)
+    P = inputs.context_length
+    assert P == plain.context_length + 1
+    for row in range(2):
+        start = int((inputs.attention_mask[row, :P] == 0).sum())  # left padding ends here
+        assert inputs.input_ids[row, start] == bos and inputs.document_index[row, start] == -1
+        assert inputs.position_ids[row, start] == 0
+        assert inputs.input_ids[row, start + 1 :].tolist() == plain.input_ids[row, start:].tolist()
+    bias = key_position_bias(torch.tensor([[2.0, 3.0], [4.0, 0.0]]), inputs.document_index)
+    assert (bias[inputs.input_ids[:, :P] == bos] == 0).all(), "the sequence start carries no bias"
+    mask = block_diagonal_mask(inputs)[:, 0]
+    start = int((inputs.attention_mask[0, :P] == 0).sum())
+    documents_of_row0 = (inputs.document_index[0] >= 0).nonzero()[:, 0]
+    assert mask[0][documents_of_row0, start].all(), "block-diagonal documents still see the BOS"
+
+
 def test_empty_prompt_is_rejected(tokenizer):
     with pytest.raises(ValueError, match="row 0: the prompt is empty"):
         build_dream_inputs(tokenizer, [["paris"]], [""], ["paris"])

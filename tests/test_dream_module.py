@@ -210,7 +210,10 @@ def test_mined_candidates_come_from_the_corpus_without_labels(mine_with):
     prepared = module.batch_preparer()(batch)
     assert prepared.embedder_inputs is None, "mined candidates are chosen at step time"
     mined = module.with_mined_candidates(prepared)
-    unique = list(dict.fromkeys(t for q in batch.query_ids for t in module.mined.rows[q]))
+    # shuffle_mined (default): the mined documents in a fixed random order per (query, step), so the top-1
+    # does not always sit in the first slot (the attention sink's)
+    shuffled = module.mined.candidates(batch.query_ids, shuffle_at_step=0)
+    unique = list(dict.fromkeys(t for row in shuffled for t in row))
     rows = [[unique[int(i)] for i in row] for row in mined.embedder_inputs.candidates]
     documents = list(datamodule.load_corpus().corpus.values())
     if mine_with == "bm25":
@@ -220,6 +223,9 @@ def test_mined_candidates_come_from_the_corpus_without_labels(mine_with):
             module.encode_queries(batch.queries) @ module.encode_documents([d.as_text() for d in documents]).T
         )
         expected = scores.topk(4, dim=1).indices.tolist()
-    assert rows == [[documents[i].as_text() for i in row] for row in expected]
+    ranked = [[documents[i].as_text() for i in row] for row in expected]
+    assert module.mined.candidates(batch.query_ids) == ranked  # the miner's rank order
+    assert rows == shuffled != ranked and [sorted(r) for r in rows] == [sorted(r) for r in ranked]
+    assert module.mined.candidates(batch.query_ids, shuffle_at_step=1) != shuffled
     loss = module.training_step(batch, 0)
     assert torch.isfinite(loss)

@@ -50,3 +50,14 @@ def test_llm_embedder_recipe_uses_hard_labels_rank_aware_rewards_and_the_referen
     assert all(task["source"] == "hub" for task in data["tasks"].values())
     assert data["tasks"]["qa"]["on_missing"] == "skip"  # MS MARCO's "No Answer Present." rows
     assert cfg["callbacks"]["mteb"]["final_tasks"] == ["beir"]
+
+
+@pytest.mark.parametrize("name", ["dream_0.5b", "dream_1b", "dream_3b"])
+def test_dream_recipes_mine_label_free_shuffled_candidates_after_a_bos_without_eos(name, monkeypatch):
+    cfg = recipe(name, monkeypatch)
+    model = cfg["model"]
+    assert (model["candidates"], model["shuffle_mined"], model["prepend_bos"]) == ("mined", True, True)
+    assert model["embedder"]["append_eos"] is False  # the released DREAM cards pool the last token, no EOS
+    assert [s["name"] for s in cfg["data"]["hub_sources"]] == ["msmarco", "nq", "hotpotqa"]
+    assert cfg["data"]["on_missing"] == "skip"  # MS MARCO's "No Answer Present." rows are left out, counted
+    assert cfg["callbacks"]["mteb"]["final_tasks"] == ["beir", "rteb_eng_public"]

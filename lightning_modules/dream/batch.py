@@ -89,4 +89,5 @@ class DreamBatchPreparer:
             settings.max_target_tokens,
             settings.document_separator,
             settings.append_eos_to_target,
+            self.lm_tokenizer.bos_token_id if settings.prepend_bos else None,
         )

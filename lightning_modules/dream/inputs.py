@@ -59,8 +59,12 @@ def build_dream_inputs(
     max_target_tokens: int = 32,
     document_separator: str = "\n\n",
     append_eos_to_target: bool = False,
+    bos_token_id: int | None = None,
 ) -> DreamInputs:
     """Tokenise ``B`` rows of ``k`` candidate documents, a prompt and a target each.
+
+    ``bos_token_id``: a sequence-start token before the documents (owned by no document, so never biased):
+    the LM's attention sink lands on it instead of on the first document's first token.
 
     Each document is cut to ``max_document_tokens`` and followed by ``document_separator`` (both part of
     its key block); the target is cut to ``max_target_tokens`` (plus the EOS token when
@@ -77,7 +81,7 @@ def build_dream_inputs(
     separator = _ids(tokenizer, document_separator)
     rows = []
     for row, (docs, prompt, target) in enumerate(zip(documents, prompts, targets)):
-        prefix, owner = [], []
+        prefix, owner = ([bos_token_id], [-1]) if bos_token_id is not None else ([], [])
         for j, ids in enumerate(plain_token_ids(tokenizer, docs, max_document_tokens)):
             prefix += ids + separator
             owner += [j] * (len(ids) + len(separator))
@@ -136,6 +140,7 @@ def block_diagonal_mask(inputs: DreamInputs) -> torch.Tensor:
     causal = positions[:, None] >= positions[None, :]
     same_document = owner[:, :, None] == owner[:, None, :]
     after_documents = (owner == -1)[:, :, None] & (positions >= inputs.context_length)[None, :, None]
-    allowed = causal[None] & valid[:, None, :] & (same_document | after_documents)
+    sequence_start = ((owner == -1) & valid & (positions < inputs.context_length)[None])[:, None, :]  # BOS
+    allowed = causal[None] & valid[:, None, :] & (same_document | after_documents | sequence_start)
     allowed = allowed | (torch.eye(length, dtype=torch.bool, device=owner.device)[None] & ~valid[:, :, None])
     return allowed[:, None]

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 import torch
@@ -55,5 +56,11 @@ class MinedCandidates:
         self.rows = {ex.query_id: [texts[int(i)] for i in row] for ex, row in zip(examples, top)}
         self.mined_at_step = step
 
-    def candidates(self, query_ids: list[str]) -> list[list[str]]:
-        return [self.rows[query_id] for query_id in query_ids]
+    def candidates(self, query_ids: list[str], shuffle_at_step: int | None = None) -> list[list[str]]:
+        """Each query's mined documents: in rank order, or with ``shuffle_at_step`` in a fixed random order
+        per (query, step)."""
+        rows = [list(self.rows[query_id]) for query_id in query_ids]
+        if shuffle_at_step is not None:
+            for query_id, row in zip(query_ids, rows):
+                random.Random(f"{query_id}-{shuffle_at_step}").shuffle(row)
+        return rows

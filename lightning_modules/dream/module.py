@@ -116,7 +116,8 @@ class DreamModule(settings_arguments(DreamSettings), RetrieverModule):
     def with_mined_candidates(self, batch: RetrievalBatch) -> RetrievalBatch:
         """``candidates=mined``: the batch's queries with their mined corpus documents (re-mined when due)."""
         self.mined.refresh(self.training_data(), self.global_step, self.encode_queries, self.encode_documents)
-        rows = self.mined.candidates(batch.query_ids)
+        shuffle_at = self.global_step if self.settings.shuffle_mined else None
+        rows = self.mined.candidates(batch.query_ids, shuffle_at_step=shuffle_at)
         return self.batch_preparer().with_candidates(batch, rows).to(self.device)
 
     # ---- training ---------------------------------------------------------------------------------------

@@ -61,6 +61,11 @@ class DreamSettings(Settings):
         attention_backend: ``sdpa`` or ``flash`` (flash-attn on a GPU).
         shuffle_candidates: shuffle each ``dataset`` group (deterministic per query and epoch), so the gold
             paragraph is not always first.
+        shuffle_mined: shuffle each query's ``mined`` candidates (deterministic per query and step) instead
+            of keeping the miner's rank order, which puts the top-1 document in the first slot, where the
+            LM's attention sink sits (/work/lab/analysis: rank order gains from that slot, not from the bias).
+        prepend_bos: start the LM input with the tokenizer's BOS token (when it has one), so the attention
+            sink is not the first document's first token.
         log_unbiased_nll: also log the target NLL with no bias (``train/nll_gain`` = unbiased − biased).
     """
 
@@ -82,6 +87,8 @@ class DreamSettings(Settings):
     reuse_document_cache: bool = True
     attention_backend: Literal["sdpa", "flash"] = "sdpa"
     shuffle_candidates: bool = True
+    shuffle_mined: bool = True
+    prepend_bos: bool = True
     log_unbiased_nll: bool = False
 
     def check(self) -> None:
