@@ -271,7 +271,7 @@ def check_logger(logger: Any) -> None:
 
 def check_method_sections(model: DictConfig) -> None:
     """The model blocks every :class:`RetrieverModule` builds itself: embedder, frozen_lm, scheduler."""
-    from lightning_modules.base import NO_SCHEDULE, RetrieverModule
+    from lightning_modules.base import SCHEDULE_KEYS, RetrieverModule
     from lightning_modules.models.embedder import Embedder
     from lightning_modules.models.frozen_lm import FrozenCausalLM
 
@@ -283,7 +283,7 @@ def check_method_sections(model: DictConfig) -> None:
             check_keys(f"model.{key}", [str(k) for k in model[key].keys()], accepted_keys(builds))
             report(type_problem(f"model.{key}", model[key], parameter_annotations(builds)))
     if isinstance(model.get("scheduler"), DictConfig):
-        check_keys("model.scheduler", [str(k) for k in model.scheduler.keys()], set(NO_SCHEDULE))
+        check_keys("model.scheduler", [str(k) for k in model.scheduler.keys()], set(SCHEDULE_KEYS))
 
 
 def check_data_source(data: Any) -> None:

@@ -25,6 +25,7 @@ from lightning_modules.models.tokenization import EmbedderBatchPreparer, mark_pr
 OptimizerFactory = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
 NO_SCHEDULE = {"kind": "constant", "warmup_ratio": 0.0}  # without a config: the optimizer's own learning rate
 SCHEDULE_KINDS = ("linear", "cosine", "constant")
+SCHEDULE_KEYS = ("kind", "warmup_ratio", "warmup_steps", "total_steps")
 FROZEN_PREFIX = "frozen_lm."
 
 
@@ -71,7 +72,9 @@ class RetrieverModule(L.LightningModule):
         optimizer: the optimizer constructor, called with the parameter groups: the config gives a
             ``functools.partial`` of ``torch.optim.AdamW`` (``_partial_: true``); a checkpoint gives the same
             as a ``{"_target_", "_partial_", ...}`` dict. ``None``: ``torch.optim.AdamW``'s own defaults.
-        scheduler: ``{"kind": "linear"|"cosine"|"constant", "warmup_ratio": float}`` (``None``: constant).
+        scheduler: ``{"kind": "linear"|"cosine"|"constant", "warmup_ratio": float}`` (``None``: constant);
+            optional ``warmup_steps`` (replaces the ratio) and ``total_steps`` (the schedule's length when it
+            differs from the run's: LLM2Vec-Gen's reference plans 20,000 steps and stops at 5,000).
         nan_policy: ``"raise"`` stops on a NaN/inf loss (the last good checkpoint is kept);
             ``"skip"`` skips that batch's update and counts it.
         eval_batch_size / eval_precision: encoding settings for retrieval evaluation.
@@ -94,6 +97,9 @@ class RetrieverModule(L.LightningModule):
         self.frozen_lm = FrozenCausalLM(**frozen_lm) if frozen_lm is not None else None
         self.optimizer_factory = optimizer_factory(optimizer)
         self.scheduler_args = dict(scheduler if scheduler is not None else NO_SCHEDULE)
+        unknown = sorted(set(self.scheduler_args) - set(SCHEDULE_KEYS))
+        if unknown:
+            raise ValueError(f"unknown key model.scheduler.{unknown[0]} (valid: {', '.join(SCHEDULE_KEYS)})")
         if self.scheduler_args["kind"] not in SCHEDULE_KINDS:
             raise ValueError(
                 f"scheduler.kind must be one of {', '.join(SCHEDULE_KINDS)}, got '{self.scheduler_args['kind']}'"
@@ -226,8 +232,7 @@ class RetrieverModule(L.LightningModule):
             (no_decay if skip else decay).append(param)
         groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]  # decay: the optimizer's own
         optimizer = self.optimizer_factory([g for g in groups if g["params"]])
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = int(self.scheduler_args["warmup_ratio"] * total)
+        total, warmup = schedule_lengths(self.scheduler_args, int(self.trainer.estimated_stepping_batches))
         kind = self.scheduler_args["kind"]
 
         def factor(step: int) -> float:
@@ -277,6 +282,14 @@ class RetrieverModule(L.LightningModule):
     # evaluation runs in a callback at validation time; the validation loop itself has nothing to do
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         return None
+
+
+def schedule_lengths(scheduler: Mapping[str, Any], run_steps: int) -> tuple[int, int]:
+    """``(total, warmup)`` steps of the learning-rate schedule: ``total_steps`` or the run's steps, and
+    ``warmup_steps`` or ``warmup_ratio`` of the total."""
+    total = max(int(scheduler.get("total_steps") or run_steps), 1)
+    steps = scheduler.get("warmup_steps")
+    return total, int(steps) if steps is not None else int(scheduler.get("warmup_ratio", 0.0) * total)
 
 
 def optimizer_factory(spec: OptimizerFactory | Mapping[str, Any] | None) -> OptimizerFactory:

@@ -59,8 +59,10 @@ PAPER_RECIPE_CHANGES = {  # experiment: config key prefixes changed by issue 16
     "dream_0.5b": DREAM_RECIPE_CHANGES,
     "dream_1b": DREAM_RECIPE_CHANGES,
     "dream_3b": DREAM_RECIPE_CHANGES,
+    "llm2vec_gen_qwen2.5_1.5b": ("data.", "callbacks.", "model.scheduler."),
+    "llm2vec_gen_qwen3_0.6b": ("data.", "callbacks.", "model.scheduler."),
 }
-NEW_KEYS = ("model.shuffle_mined", "model.prepend_bos")  # issue 16's DREAM options, absent from the reference
+NEW_KEYS = ("model.shuffle_mined", "model.prepend_bos", "model.num_pooled_tokens")  # issue 16's new options
 CHECKPOINT_IO = [{"_target_": "lightning_modules.checkpoint_io.AtomicCheckpointIO"}]
 
 

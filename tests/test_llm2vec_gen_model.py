@@ -184,6 +184,37 @@ def test_bad_options_are_named():
         build_module(generation={"instruction": "x"})
 
 
+def test_only_the_last_pooled_special_tokens_represent_the_text():
+    """num_special_tokens=K appended, num_pooled_tokens=N pooled (the reference's V1: 20 / last 10)."""
+    wide = build_module(num_special_tokens=4, num_pooled_tokens=2)
+    prompt = wide.prompt_tokens(["who wrote the song"], "query")
+    states = wide.prompt_states(prompt)
+    assert states.shape[1] == 2
+    soft_prompt, embedding = wide.represent(["who wrote the song"], "query")
+    assert soft_prompt.shape[1] == 2 and embedding.shape == (1, wide.teacher.dim)
+    everything = build_module(num_special_tokens=4)  # same seed: same special tokens, all 4 pooled
+    assert torch.allclose(everything.prompt_states(prompt)[:, -2:], states, atol=1e-6)
+    with pytest.raises(ValueError, match="num_pooled_tokens must be between 1 and model.num_special_tokens"):
+        build_module(num_special_tokens=4, num_pooled_tokens=5)
+
+
+def test_chat_prompts_ask_qwen3_for_no_thinking():
+    from transformers import AutoTokenizer
+
+    from lightning_modules.llm2vec_gen.prompts import PromptBuilder
+    from lightning_modules.models.registry import smollm2_folder
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_folder())
+    tokenizer.chat_template = (  # the part of Qwen3's template that reads the flag
+        "{% for m in messages %}<|im_start|>user\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n"
+        "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}"
+        "{% endif %}"
+    )
+    builder = PromptBuilder(tokenizer, use_chat_template=True, max_text_tokens=16)
+    assert tokenizer.decode(builder.suffix_ids).endswith("assistant\n<think>\n\n</think>\n\n")
+
+
 def test_identity_reconstruction_init_passes_the_states_through(module):
     states = module.special_token_states(["who wrote the song"], "query")
     soft_prompt, _ = module.represent(["who wrote the song"], "query")

@@ -54,3 +54,23 @@ def test_a_checkpoint_records_the_optimizer_as_config_and_loads_weights_only(tmp
     rebuilt = restored.optimizer_factory([torch.nn.Parameter(torch.zeros(2, 2))])
     assert isinstance(rebuilt, torch.optim.AdamW)
     assert (rebuilt.defaults["lr"], rebuilt.defaults["weight_decay"]) == (3e-4, 0.1)
+
+
+def test_a_schedule_planned_longer_than_the_run_stops_where_the_reference_does(tiny_bert_path):
+    """LLM2Vec-Gen's reference: linear over 20,000 planned steps, 100 warm-up, stopped at 5,000."""
+    module = ContrastiveModule(
+        embedder={"name_or_path": tiny_bert_path},
+        optimizer=functools.partial(torch.optim.AdamW, lr=1.0),
+        scheduler={"kind": "linear", "warmup_ratio": 0.1, "warmup_steps": 100, "total_steps": 20000},
+    )
+    module.trainer = type("T", (), {"estimated_stepping_batches": 5000})()  # the run: 5,000 steps
+    scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    factor = scheduler.lr_lambdas[0]
+    assert factor(99) == 100 / 101 and factor(100) == 1.0  # warm-up: 100 steps (not 10% of the run)
+    assert factor(5000) == (20000 - 5000) / (20000 - 100)  # 0.754 of the peak when the run stops
+    try:
+        ContrastiveModule(embedder={"name_or_path": tiny_bert_path}, scheduler={"kind": "linear", "total": 5})
+    except ValueError as err:
+        assert "model.scheduler.total" in str(err)
+    else:
+        raise AssertionError("an unknown scheduler key must be refused")

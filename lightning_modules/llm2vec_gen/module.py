@@ -110,7 +110,8 @@ class LLM2VecGenModule(settings_arguments(LLM2VecGenSettings), RetrieverModule):
         return TokenizedTexts(batch["input_ids"], batch["attention_mask"]).to(self.device)
 
     def special_token_states(self, texts: Sequence[str], kind: Kind) -> torch.Tensor:
-        """``[B, K, H]`` last-layer states of the K special tokens appended after each left-padded prompt."""
+        """``[B, N, H]`` last-layer states of the last N (``num_pooled_tokens``) of the K special tokens
+        appended after each left-padded prompt."""
         return self.prompt_states(self.prompt_tokens(texts, kind))
 
     def prompt_states(self, prompt: TokenizedTexts) -> torch.Tensor:
@@ -127,7 +128,7 @@ class LLM2VecGenModule(settings_arguments(LLM2VecGenSettings), RetrieverModule):
         hidden = lm.base_model(
             inputs_embeds=inputs, attention_mask=mask, position_ids=position_ids
         ).last_hidden_state
-        return hidden[:, -self.num_special_tokens :]
+        return hidden[:, -self.settings.pooled_tokens :]
 
     def represent(self, texts: Sequence[str], kind: Kind) -> tuple[torch.Tensor, torch.Tensor]:
         """``(soft prompt [B, K, H], embedding [B, D_teacher])``: the embedding is ``mean_k alignment(s_k)``."""

@@ -35,8 +35,11 @@ class PromptBuilder:
         self.max_text_tokens = max_text_tokens
         self.uses_chat_template = bool(use_chat_template and getattr(tokenizer, "chat_template", None))
         if self.uses_chat_template:
-            rendered = tokenizer.apply_chat_template(
-                [{"role": "user", "content": _SENTINEL}], tokenize=False, add_generation_prompt=True
+            rendered = tokenizer.apply_chat_template(  # enable_thinking: Qwen3's templates (others ignore it)
+                [{"role": "user", "content": _SENTINEL}],
+                tokenize=False,
+                add_generation_prompt=True,
+                enable_thinking=False,  # as the reference: a direct response, no <think> reasoning first
             )
             prefix, sep, suffix = rendered.partition(_SENTINEL)
             if not sep:

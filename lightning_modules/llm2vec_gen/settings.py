@@ -17,7 +17,10 @@ class LLM2VecGenSettings(Settings):
     """How LLM2Vec-Gen trains (docs/llm2vec_gen.md).
 
     Attributes:
-        num_special_tokens: K.
+        num_special_tokens: K, the special tokens appended after the prompt.
+        num_pooled_tokens: how many of them (the last ones) represent the text: soft prompt and embedding.
+            None: all K. The reference's current code (V2) uses 10/10; its first version (V1, the seed
+            paper) 20 appended and the last 10 pooled ("thought" then "compression" tokens).
         query_instruction / document_instruction: prefixes inside the user turn (the query one is also the
             generation prompt, so the special tokens sit exactly where the response would start).
         use_chat_template: wrap prompts in the LM's chat template when it has one.
@@ -33,6 +36,7 @@ class LLM2VecGenSettings(Settings):
     """
 
     num_special_tokens: int = 10
+    num_pooled_tokens: int | None = None
     query_instruction: str = DEFAULT_QUERY_INSTRUCTION
     document_instruction: str = DEFAULT_DOCUMENT_INSTRUCTION
     use_chat_template: bool = True
@@ -48,6 +52,11 @@ class LLM2VecGenSettings(Settings):
     def check(self) -> None:
         if self.num_special_tokens < 1:
             raise SettingsError(f"model.num_special_tokens must be >= 1, got {self.num_special_tokens}")
+        if self.num_pooled_tokens is not None and not 1 <= self.num_pooled_tokens <= self.num_special_tokens:
+            raise SettingsError(
+                f"model.num_pooled_tokens must be between 1 and model.num_special_tokens "
+                f"({self.num_special_tokens}), got {self.num_pooled_tokens}"
+            )
         extra = dict(self.generation or {})
         for key in OWN_GENERATION_KEYS:
             if key in extra:
@@ -56,6 +65,10 @@ class LLM2VecGenSettings(Settings):
         unknown = sorted(set(extra) - set(valid))
         if unknown:
             raise SettingsError(unknown_key_message("model.generation", unknown[0], valid))
+
+    @property
+    def pooled_tokens(self) -> int:
+        return self.num_pooled_tokens or self.num_special_tokens
 
     def instruction(self, kind: str) -> str:
         return self.query_instruction if kind == "query" else self.document_instruction
