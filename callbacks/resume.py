@@ -57,6 +57,17 @@ class ResumeCheckpoint(ModelCheckpoint):
             write_step_metrics_now(trainer)
         super()._save_checkpoint(trainer, filepath)
 
+    def save_now(self, trainer: L.Trainer) -> None:
+        """Save ``last.ckpt`` of the current step at the end of a training batch (its CSV row first), unless
+        this step is saved already. Every rank must call it (e.g. :class:`callbacks.signals.StopOnSigterm`)."""
+        if self._last_global_step_saved == trainer.global_step:
+            return
+        self._in_batch_end = True
+        try:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        finally:
+            self._in_batch_end = False
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Also save the final step, so re-running a finished command resumes at the end and trains nothing."""
         if self._last_global_step_saved != trainer.global_step and not trainer.fast_dev_run:

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from callbacks.export import ExportEmbedder, last_mteb_record, model_card
 from callbacks.resume import PreemptionAtBatchEnd, RandomStateCheckpoint
 from callbacks.retrieval_eval import RetrievalEvaluation
+from callbacks.signals import StopOnSigterm
 from callbacks.step_timer import StepTimer, peak_memory_mb
 from datamodules.errors import DataFormatError, MTEBTaskUnavailableError
 from experiments import CONFIG_DIR
@@ -129,6 +130,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[L.Callback]:
         callbacks.append(instantiate(spec, **kwargs))
     callbacks.append(RandomStateCheckpoint())  # dropout masks after a resume equal an uninterrupted run's
     callbacks.append(PreemptionAtBatchEnd())  # SLURM requeue: the HPC checkpoint is taken between batches
+    callbacks.append(StopOnSigterm())  # SIGTERM: all ranks save last.ckpt at one batch end and exit (no hang)
     return callbacks
 
 
