@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 from typing import Any
 
 import lightning as L
@@ -61,8 +62,6 @@ class StopOnSigterm(L.Callback):
             self._group = flag_group()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        import threading
-
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_sigterm)
             self._installed = True
