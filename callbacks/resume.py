@@ -10,7 +10,7 @@
   training batch.
 - :class:`RandomStateCheckpoint` stores the Python, NumPy and torch (CPU and CUDA) generator states in
   each checkpoint and restores them just before the first resumed batch, so dropout draws the same masks
-  as in an uninterrupted run. The states are kept as tensors and plain lists, which
+  as in an uninterrupted run; under several ranks each rank's own (keyed by global rank). The states are kept as tensors and plain lists, which
   ``torch.load(weights_only=True)`` accepts.
 """
 
@@ -20,6 +20,7 @@ import random
 import signal
 import sys
 import threading
+import warnings
 from typing import Any
 
 import lightning as L
@@ -163,17 +164,44 @@ def restore_random_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def distributed_rank_and_world() -> tuple[int, int]:
+    """``(global rank, world size)`` of the initialised process group, ``(0, 1)`` without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 class RandomStateCheckpoint(L.Callback):
-    """Saves the generators' states with every checkpoint; restores them when training resumes."""
+    """Saves the generators' states with every checkpoint; restores them when training resumes.
+
+    Under several ranks every rank's generators differ (each draws dropout masks for its own batch shapes),
+    so the checkpoint holds all of them, keyed by global rank (gathered when the checkpoint is dumped,
+    which Lightning does on every rank), and each rank restores its own. ``random_state`` (rank 0's) is
+    kept for checkpoints of one process and for a resume with a different number of ranks (with a warning).
+    """
 
     def __init__(self) -> None:
         self._pending: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"random_state": collect_random_state()}
+        state = collect_random_state()
+        rank, world = distributed_rank_and_world()
+        if world == 1:
+            return {"random_state": state}
+        gathered: list[Any] = [None] * world
+        torch.distributed.all_gather_object(gathered, state)
+        return {"random_state": gathered[0], "random_state_by_rank": dict(enumerate(gathered))}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._pending = state_dict.get("random_state")
+        by_rank = state_dict.get("random_state_by_rank") or {}
+        rank, world = distributed_rank_and_world()
+        if by_rank and len(by_rank) != world:
+            warnings.warn(
+                f"the checkpoint holds the random state of {len(by_rank)} ranks, this run has {world}: "
+                "every rank restores rank 0's, so dropout masks differ from an uninterrupted run",
+                stacklevel=2,
+            )
+        self._pending = by_rank.get(rank) if len(by_rank) == world else state_dict.get("random_state")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # restored here, after models, optimizers and the first (prefetched) batch are set up, i.e. right

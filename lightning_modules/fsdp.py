@@ -21,10 +21,11 @@ Activation checkpointing wraps the chosen layers after sharding (``embedder``, `
 ``all``: gradients flow through the frozen LM's activations in DREAM and LLM2Vec-Gen, so its layers
 are worth recomputing too); the models holding them stop building implicit key/value caches, which a
 recompute would extend twice. Checkpoints are sharded (``state_dict_type="sharded"``): every rank writes
-its own shard into a checkpoint *directory*, staged and renamed into place once complete, which the same
-Lightning code resumes from. Such a directory is read back with ``torch.distributed.checkpoint``, which
-needs every tensor the model holds, so the frozen tensors are written too, unlike single-file checkpoints,
-where ``RetrieverModule`` keeps only the trained parameters and reloads the rest by name.
+its own shard into a checkpoint *directory*, staged and renamed into place once complete. Like
+single-file checkpoints it holds the trained parameters (and their buffers) and the optimizer state only
+(``RetrieverModule.trained_state_keys``): the frozen LM, a teacher or a LoRA embedder's frozen base are what
+the constructor loads by name, so :meth:`RetrieverFSDPStrategy.load_checkpoint` reads back just the trained
+tensors and keeps the frozen ones the model already holds.
 """
 
 from __future__ import annotations
@@ -35,9 +36,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from lightning.fabric.strategies.fsdp import _setup_activation_checkpointing
+from lightning.fabric.strategies.fsdp import (
+    _METADATA_FILENAME,
+    _distributed_checkpoint_load,
+    _get_sharded_state_dict_context,
+    _is_sharded_checkpoint,
+    _setup_activation_checkpointing,
+)
 from lightning.pytorch.plugins.precision import FSDPPrecision, Precision
 from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.distributed.fsdp.wrap import CustomPolicy
@@ -283,9 +291,8 @@ class RetrieverFSDPStrategy(FSDPStrategy):
         if storage_options is not None:
             raise TypeError("RetrieverFSDPStrategy.save_checkpoint does not take storage_options")
         path = Path(self.broadcast(str(filepath)))
-        # torch.distributed.checkpoint loads exactly the tensors the model holds: what the module dropped
-        # from its state dict (the frozen LM, a teacher) goes back in
-        state = {"model": {**self.lightning_module_state_dict(), **checkpoint.pop("state_dict")}}
+        # the module's on_save_checkpoint left the trained tensors only: no shard of the frozen LM is written
+        state = {"model": checkpoint.pop("state_dict")}
         state.update({f"optimizer_{i}": s for i, s in enumerate(checkpoint.pop("optimizer_states", []))})
         staging = staging_path(path)
         if self.is_global_zero:
@@ -297,6 +304,43 @@ class RetrieverFSDPStrategy(FSDPStrategy):
         if self.is_global_zero:
             publish_sharded_checkpoint(staging, path, checkpoint)
         self.barrier("sharded_checkpoint_published")
+
+    def load_checkpoint(
+        self, checkpoint_path: str | Path, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        """A sharded checkpoint: read the trained tensors (and, when fitting, the optimizer states) into the
+        wrapped model; the frozen ones stay as loaded by name. A full one: Lightning's own."""
+        path = Path(self.broadcast(str(checkpoint_path)))
+        if not _is_sharded_checkpoint(path):
+            return super().load_checkpoint(path, weights_only)
+        module = self.lightning_module
+        fitting = module.trainer.state.fn == TrainerFn.FITTING
+        load_trained_shards(self.model, module.trained_state_keys(), path, self.optimizers if fitting else [])
+        return torch.load(path / _METADATA_FILENAME, weights_only=weights_only)
+
+
+def load_trained_shards(
+    wrapped: nn.Module, trained_keys: set[str], path: Path, optimizers: list[torch.optim.Optimizer]
+) -> None:
+    """Every rank must call this: load the keys ``trained_keys`` of the FSDP-wrapped ``wrapped`` from the
+    sharded checkpoint folder ``path`` (a trained key it lacks is an error), then each optimizer's state."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.optimizer import load_sharded_optimizer_state_dict
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    with _get_sharded_state_dict_context(wrapped):
+        current = wrapped.state_dict()
+        trained = {"model": {k: v for k, v in current.items() if k in trained_keys}}
+        _distributed_checkpoint_load(trained, path)
+        wrapped.load_state_dict({**current, **trained["model"]}, strict=True)
+        reader = FileSystemReader(path=path)
+        for index, optimizer in enumerate(optimizers):
+            key = f"optimizer_{index}"
+            state = load_sharded_optimizer_state_dict(
+                trained["model"], optimizer_key=key, storage_reader=reader
+            )
+            flat = FullyShardedDataParallel.optim_state_dict_to_load(wrapped, optimizer, state[key])
+            optimizer.load_state_dict(flat)
 
 
 def full_parameters(module: nn.Module, wrapped_root: nn.Module) -> dict[str, torch.Tensor] | None:

@@ -10,6 +10,11 @@ bench: install ## Run every benchmark (est. 15 min on 2 idle cores); writes benc
 bench-quick: install ## Smoke-run every benchmark at tiny sizes into /tmp/lsr-bench-quick (numbers not for quoting)
 	$(BIN)/python -m bench --quick $(BENCH_ARGS)
 
+.PHONY: bench-llm-embedder-setup
+
+bench-llm-embedder-setup: install ## LLM-Embedder chat setup on 100k synthetic turns (copied vs shared keys) and a step's teacher lookup -> bench/results/llm_embedder_task_setup.json
+	$(BIN)/python -m bench.llm_embedder_task_setup $(ARGS)
+
 .PHONY: bench-rag bench-rag-tiny
 
 bench-rag: install ## Cost of callbacks=rag in the lab setting (SmolLM2-135M, 100 HotpotQA dev questions, k=3, 1 thread) -> bench/results/rag_cost.json

@@ -7,7 +7,7 @@ One launch runs many checks, so the ~20 s of process start-up and imports is pai
   layer under FSDP, evaluation before and after, export), DREAM once more under ``bf16-mixed`` with
   intervention head calibration, and LLM2Vec-Gen's response generation split across the ranks with one
   cache folder per rank (no shared filesystem);
-- ``kill``: the contrastive run with a checkpoint every step, both ranks killed while writing the second one;
+- ``kill``: the DREAM run (a frozen LM) with a checkpoint every step, both ranks killed while writing the second one;
 - ``resume``: the same command again, which must resume from the first checkpoint.
 
 Each rank writes what it saw (``probe_rank<r>.json`` in every run directory, ``generation_rank<r>.json``);
@@ -68,8 +68,9 @@ STRATEGY = {
     "ddp": ["trainer=ddp_cpu"],
 }
 DREAM_BF16 = ["trainer.precision=bf16-mixed", "model.heads.selection=intervention", "model.heads.top_n=4"]
+KILL_METHOD = "dream"  # a frozen LM the sharded checkpoint leaves out, and dropout in neither model
 KILL_RUN = [
-    *METHODS["contrastive"],
+    *METHODS[KILL_METHOD],
     *COMMON,
     *STRATEGY["fsdp"],
     "callbacks.resume_checkpoint.every_n_train_steps=1",
@@ -113,6 +114,8 @@ class RunProbe(L.Callback):
             "root": trainer_root_record(trainer, pl_module),
             "buffers": {n: str(b.dtype) for n, b in pl_module.named_buffers() if "inv_freq" in n},
             "parameter_dtypes": sorted({str(p.dtype) for p in pl_module.parameters()}),
+            "trained_keys": sorted(pl_module.trained_state_keys()),
+            **parameter_bytes(trainer, pl_module),
         }
         teacher = getattr(pl_module, "teacher", None)
         if hasattr(teacher, "namespace"):
@@ -126,6 +129,18 @@ class RunProbe(L.Callback):
             ).hexdigest()
         path = Path(trainer.default_root_dir) / f"probe_rank{trainer.global_rank}.json"
         path.write_text(json.dumps(record, indent=1))
+
+
+def parameter_bytes(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, int]:
+    """Bytes of the tensors a checkpoint keeps (trained) and leaves out (frozen), at their global sizes."""
+    import math
+
+    kept, sizes = pl_module.trained_state_keys(), {"trained_bytes": 0, "frozen_bytes": 0}
+    for key, value in trainer.strategy.lightning_module_state_dict().items():  # sharded under FSDP
+        sizes["trained_bytes" if key in kept else "frozen_bytes"] += (
+            math.prod(value.size()) * value.dtype.itemsize
+        )
+    return sizes
 
 
 def trainer_root_record(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, object]:

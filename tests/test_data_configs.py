@@ -4,13 +4,19 @@ the Tulu prompts and the named MTEB task sets: each composes, builds and loads o
 from __future__ import annotations
 
 import json
+import pickle
 
 import datasets
 import pytest
 from hydra.utils import instantiate
 
 from datamodules.errors import DataFormatError
-from datamodules.llm_embedder_tasks.chat import chat_from_file
+from datamodules.llm_embedder_tasks.chat import (
+    chat_examples,
+    chat_from_file,
+    exchange_text,
+    session_exchanges,
+)
 from datamodules.llm_embedder_tasks.readers import TASK_DATA
 from datamodules.mteb_tasks import resolve_task_spec
 from datamodules.unlabeled_queries import UnlabeledQueryDataModule, single_turn_question
@@ -129,6 +135,28 @@ def test_chat_keys_are_the_earlier_exchanges_and_the_reply_is_the_answer():
     )  # the current session's earlier turn is a key too
     assert first.labels is None and first.task == "chat"
     assert len(chat_from_file(TASK_DATA["msc_sample"], min_history=5)) == len(examples) - 1
+
+
+def long_dialogue(exchanges_per_session: int) -> list[list[str]]:
+    return [[f"turn {s}-{i}" for i in range(2 * exchanges_per_session)] for s in range(5)]
+
+
+@pytest.mark.parametrize("max_history", [None, 5])
+def test_chat_keys_of_a_long_dialogue_equal_per_turn_copies_and_grow_linearly(max_history):
+    sessions = long_dialogue(20)
+    examples = chat_examples("d", sessions, min_history=3, max_history=max_history)
+    texts = [exchange_text(u, r) for session in sessions for u, r in session_exchanges(session)]
+    ids = [f"d-{s + 1}-{t}" for s in range(5) for t in range(20)]
+    assert len(examples) == 80
+    for example in examples:
+        end = ids.index(example.query_id)  # every exchange before this turn (the most recent max_history)
+        start = max(0, end - max_history) if max_history else 0
+        assert tuple(example.candidates) == tuple(texts[start:end])
+        assert list(example.candidate_ids) == ids[start:end] and example.candidates[-1] == texts[end - 1]
+    assert pickle.loads(pickle.dumps(examples)) == examples  # DataLoader workers get equal examples
+    # the keys share the dialogue's history: 4x the turns is ~4x the bytes, not 16x (copies per turn)
+    sizes = [len(pickle.dumps(chat_examples("d", long_dialogue(n), min_history=3))) for n in (20, 80)]
+    assert sizes[1] < 6 * sizes[0], sizes
 
 
 def test_chat_file_with_a_bad_session_names_file_line_and_field(tmp_path):

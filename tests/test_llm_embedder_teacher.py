@@ -125,3 +125,44 @@ def test_rank_aware_scores_are_reciprocal_ranks_and_deterministic(tiny_lm, tmp_p
     )
     assert set(first.tolist()) <= {1.0, 1 / 2, 1 / 3, 1 / 4}
     assert first.tolist() == second.flip(0).tolist()  # per-item seeds: batch order does not matter
+
+
+def test_step_lookups_tokenise_each_item_once_with_the_per_item_truncation(tiny_lm, tmp_path, monkeypatch):
+    """Keys (and so scores) as if each key and answer were cut to its first tokens one by one; a training
+    step's lookup of items seen before does not run the tokenizer again."""
+    from lightning_modules.llm_embedder import teacher as teacher_module
+    from lightning_modules.llm_embedder.score_cache import item_key
+
+    tokenizer = tiny_lm.tokenizer
+    scorer = TeacherScorer(
+        tiny_lm,
+        reward="nll",
+        key_max_tokens=4,
+        output_max_tokens=2,
+        cache_dir=str(tmp_path),
+        show_progress=False,
+    )
+
+    def cut(text: str, limit: int) -> str:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return text if len(ids) <= limit else tokenizer.decode(ids[:limit])
+
+    expected = [
+        item_key(*split_template(QA_TEMPLATE, cut(i.key, 4), i.query, cut(i.answer, 2))) for i in ITEMS
+    ]
+    assert any(cut(i.key, 4) != i.key for i in ITEMS), "some key must be cut for this test"
+    scores, _ = scorer.score(QA_TEMPLATE, ITEMS)
+    assert scorer.keys(QA_TEMPLATE, ITEMS) == expected
+
+    calls = {"n": 0}
+    counted = teacher_module.plain_token_ids
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        return counted(*args, **kwargs)
+
+    monkeypatch.setattr(teacher_module, "plain_token_ids", counting)
+    batch = [ITEMS[2], ITEMS[0], ITEMS[2]]
+    looked_up = scorer.lookup(QA_TEMPLATE, batch)
+    assert calls["n"] == 0, "a lookup of scored items tokenised them again"
+    assert looked_up.tolist() == [scores[2].item(), scores[0].item(), scores[2].item()]

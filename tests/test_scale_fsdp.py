@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import socket
 import subprocess
@@ -26,7 +27,7 @@ from lightning_modules.checkpoint_io import (
     read_global_step,
     staging_path,
 )
-from tests.fsdp_cpu_driver import KILLED_EXIT, METHODS, STRATEGY
+from tests.fsdp_cpu_driver import KILL_METHOD, KILLED_EXIT, METHODS, STRATEGY
 from tests.helpers import run_experiment
 
 REPO = Path(__file__).resolve().parents[1]
@@ -213,7 +214,7 @@ def test_a_sharded_checkpoint_killed_mid_save_is_never_resumed_from(trained):
     out.mkdir()
     killed = launch(out, "kill")
     assert killed.returncode != 0 and f"exitcode  : {KILLED_EXIT}" in killed.stdout + killed.stderr
-    folder = run_dir(out / "killed", "default")
+    folder = run_dir(out / "killed", EXPERIMENT_DIR[KILL_METHOD])
     last = folder / "checkpoints" / "last.ckpt"
     staging = staging_path(last)
     assert read_global_step(last) == 1 and (last / COMPLETE_MARKER).is_file()
@@ -226,8 +227,34 @@ def test_a_sharded_checkpoint_killed_mid_save_is_never_resumed_from(trained):
     assert resumed.returncode == 0, log[-4000:]
     assert f"resuming from {last} (step 1)" in log
     assert read_global_step(last) == 3 and not staging.exists()
-    # the resumed run continues mid-epoch where it stopped: every step's loss is the uninterrupted run's
-    # (this embedder has no dropout, whose per-rank generator state a resume does not restore yet)
+    # the resumed run continues mid-epoch where it stopped, its frozen LM loaded by name (the checkpoint
+    # has none): every step's loss is the uninterrupted run's
     assert logged_losses(folder) == pytest.approx(
-        logged_losses(run_dir(trained / "fsdp", "default")), rel=1e-6
+        logged_losses(run_dir(trained / "fsdp", EXPERIMENT_DIR[KILL_METHOD])), rel=1e-6
     )
+
+
+# ---- sharded checkpoints hold the trained tensors only ---------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "contrastive"])
+def test_a_sharded_checkpoint_leaves_out_the_frozen_lm(trained, method):
+    """Tensors and bytes from the checkpoint's own index (``.metadata``: each tensor's global size and dtype);
+    the ``.distcp`` files add a serialisation header per tensor shard, which dominates at this model size."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    folder = run_dir(trained / "fsdp", EXPERIMENT_DIR[method])
+    probe = probes(folder)[0]
+    trained_keys = set(probe["trained_keys"])
+    stored = FileSystemReader(str(folder / "checkpoints" / "last.ckpt")).read_metadata().state_dict_metadata
+    tensors = {k: v for k, v in stored.items() if isinstance(v, TensorStorageMetadata)}
+    nbytes = {k: math.prod(v.size) * v.properties.dtype.itemsize for k, v in tensors.items()}
+    model_keys = {k.removeprefix("model.") for k in tensors if k.startswith("model.")}
+    assert model_keys == trained_keys, "the sharded checkpoint's model tensors are the trained ones"
+    assert probe["frozen_bytes"] > 0 and not any(k.startswith("frozen_lm.") for k in model_keys)
+    assert sum(b for k, b in nbytes.items() if k.startswith("model.")) == probe["trained_bytes"]
+    optimizer_params = {k.split(".state.")[1].rsplit(".", 1)[0] for k in tensors if ".state." in k}
+    assert optimizer_params and optimizer_params <= trained_keys, "optimizer state of trained parameters only"
+    assert sum(nbytes.values()) <= 3 * probe["trained_bytes"] + 8 * len(
+        optimizer_params
+    )  # params, m, v, step

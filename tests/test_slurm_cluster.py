@@ -185,13 +185,6 @@ def test_requeued_job_resumes_in_its_run_directory_at_the_step_where_it_stopped(
     print(f"SLURM requeue scenario: {requeued['seconds']:.0f} s wall")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a multi-rank resume is not exact yet: datamodules/retrieval.py:resumable_sampler restarts the "
-    "interrupted epoch when world_size > 1 (Lightning re-wraps its sampler), and callbacks/resume.py:"
-    "RandomStateCheckpoint stores rank 0's RNG state and restores it on every rank; with both fixed this "
-    "passes (verified here, see docs/scale.md): then remove this marker",
-)
 def test_losses_after_the_resume_equal_those_of_an_uninterrupted_run(requeued):
     resumed, reference = resumed_and_reference_losses(requeued)
     for step in range(max(requeued["left"].values()), STEPS):

@@ -19,7 +19,7 @@ from typing import Any
 from datamodules.errors import DataFormatError
 from datamodules.hub import HubTable, iter_rows
 from datamodules.jsonl import read_jsonl
-from datamodules.llm_embedder_tasks.task_example import TaskExample
+from datamodules.llm_embedder_tasks.task_example import SharedSlice, TaskExample
 
 MSC_REPO = "nayohan/msc-raw"
 SESSIONS = ("first", "second", "third", "fourth", "fifth")
@@ -50,24 +50,29 @@ def dialogue_sessions(row: dict[str, Any], where: str, line: int | None = None) 
 def chat_examples(
     dialogue_id: str, sessions: list[list[str]], min_history: int = 8, max_history: int | None = None
 ) -> list[TaskExample]:
-    """Examples of one dialogue (see the module docstring); ``max_history`` keeps the most recent keys."""
-    history: list[tuple[str, str]] = []  # (key id, key text)
+    """Examples of one dialogue (see the module docstring); ``max_history`` keeps the most recent keys.
+
+    Every example's keys are a :class:`SharedSlice` of the dialogue's one history list (no copy per turn), so
+    a dialogue of N exchanges takes O(N) time and memory, not O(N²)."""
+    texts: list[str] = []  # the exchanges so far, and their key ids
+    ids: list[str] = []
     examples = []
     for s, utterances in enumerate(sessions):
         for t, (utterance, reply) in enumerate(session_exchanges(utterances)):
-            if s >= 1 and len(history) >= min_history and utterance.strip() and reply.strip():
-                keys = history[-max_history:] if max_history else history
+            if s >= 1 and len(texts) >= min_history and utterance.strip() and reply.strip():
+                start = max(0, len(texts) - max_history) if max_history else 0
                 examples.append(
                     TaskExample(
                         task="chat",
                         query_id=f"{dialogue_id}-{s + 1}-{t}",
                         query=utterance.strip(),
                         answers=(reply.strip(),),
-                        candidates=tuple(text for _, text in keys),
-                        candidate_ids=tuple(key for key, _ in keys),
+                        candidates=SharedSlice(texts, start, len(texts)),
+                        candidate_ids=SharedSlice(ids, start, len(ids)),
                     )
                 )
-            history.append((f"{dialogue_id}-{s + 1}-{t}", exchange_text(utterance, reply)))
+            texts.append(exchange_text(utterance, reply))
+            ids.append(f"{dialogue_id}-{s + 1}-{t}")
     return examples
 
 

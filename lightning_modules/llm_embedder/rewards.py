@@ -68,14 +68,14 @@ def mean_output_log_likelihood(
             input_ids[row, :length] = torch.tensor(sequences[row])
             attention[row, :length] = 1
             target_mask[row, len(prompts[i]) : length] = True
-        logits = (
-            model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float().cpu()
-        )
-        predicted = target_mask[:, 1:]  # position t predicts token t+1
-        token_log_probs = -token_nll(logits[:, :-1][predicted], input_ids[:, 1:][predicted])
+        input_ids, predicted = input_ids.to(device), target_mask[:, 1:].to(device)  # t predicts token t+1
+        logits = model(input_ids=input_ids, attention_mask=attention.to(device)).logits
+        # only the output positions' rows, in fp32, on the model's device: no [B, L, V] copy to the host
+        token_log_probs = -token_nll(logits[:, :-1][predicted].float(), input_ids[:, 1:][predicted])
         rows = predicted.nonzero()[:, 0]
-        sums = torch.zeros(len(index), dtype=torch.float64).index_add_(0, rows, token_log_probs.double())
-        return sums / predicted.sum(dim=1).double()
+        sums = torch.zeros(len(index), dtype=torch.float64, device=device)
+        sums = sums.index_add_(0, rows, token_log_probs.double())
+        return (sums / predicted.sum(dim=1).double()).cpu()
 
     return map_in_length_order([len(p) + len(o) for p, o in zip(prompts, outputs)], batch_size, score)
 

@@ -79,6 +79,8 @@ class TeacherScorer:
         # read now, while every rank holds the whole LM: after FSDP wraps it, parameter sizes are per shard
         self._identity: dict[str, Any] = lm_identity(lm)
         self._caches: dict[str, ScoreCache] = {}
+        # (template, item) -> cache key: the training step looks its batch up without tokenising it again
+        self._item_keys: dict[str, dict[ScoringItem, str]] = {}
 
     @property
     def reward(self) -> str:
@@ -111,24 +113,37 @@ class TeacherScorer:
         return self._caches[template]
 
     # ---- prompts ------------------------------------------------------------------------------------------
-    def _truncate(self, text: str, max_tokens: int) -> str:
-        """``text`` cut to its first ``max_tokens`` tokens (decoded), or unchanged when it has no more."""
-        ids = plain_token_ids(self.lm.tokenizer, [text], max_tokens + 1)[0]
-        return text if len(ids) <= max_tokens else self.lm.tokenizer.decode(ids[:max_tokens])
+    def _truncate(self, texts: Sequence[str], max_tokens: int) -> list[str]:
+        """Each text cut to its first ``max_tokens`` tokens (decoded), or unchanged when it has no more;
+        one tokenizer call for all of them, one decode call for those cut."""
+        ids = plain_token_ids(self.lm.tokenizer, texts, max_tokens + 1)
+        long = [i for i, row in enumerate(ids) if len(row) > max_tokens]
+        cut = dict(zip(long, self.lm.tokenizer.batch_decode([ids[i][:max_tokens] for i in long])))
+        return [cut.get(i, text) for i, text in enumerate(texts)]
+
+    def prompts(self, template: str, items: Sequence[ScoringItem]) -> list[tuple[str, str]]:
+        """The (prompt, desired output) strings of each item, key and output truncated."""
+        for item in items:
+            if not item.answer.strip():
+                raise ValueError(
+                    f"empty desired output for query {item.query[:80]!r}: the teacher needs an answer"
+                )
+        keys = self._truncate([item.key for item in items], self.settings.key_max_tokens)
+        answers = self._truncate([item.answer for item in items], self.settings.output_max_tokens)
+        return [split_template(template, k, item.query, a) for item, k, a in zip(items, keys, answers)]
 
     def prompt(self, template: str, item: ScoringItem) -> tuple[str, str]:
         """The (prompt, desired output) strings of one item, key and output truncated."""
-        if not item.answer.strip():
-            raise ValueError(
-                f"empty desired output for query {item.query[:80]!r}: the teacher needs an answer"
-            )
-        key = self._truncate(item.key, self.settings.key_max_tokens)
-        answer = self._truncate(item.answer, self.settings.output_max_tokens)
-        return split_template(template, key, item.query, answer)
+        return self.prompts(template, [item])[0]
 
     # ---- scoring ------------------------------------------------------------------------------------------
     def keys(self, template: str, items: Sequence[ScoringItem]) -> list[str]:
-        return [item_key(*self.prompt(template, item)) for item in items]
+        """The cache key of each item; an item is tokenised once per process (its key is remembered)."""
+        known = self._item_keys.setdefault(template, {})
+        new = [item for item in dict.fromkeys(items) if item not in known]
+        if new:
+            known.update((item, item_key(*pair)) for item, pair in zip(new, self.prompts(template, new)))
+        return [known[item] for item in items]
 
     def score(
         self, template: str, items: Sequence[ScoringItem], rank: int = 0, world_size: int = 1
@@ -142,10 +157,12 @@ class TeacherScorer:
         start = time.perf_counter()
         cache = self.cache(template)
         cache.refresh()
-        prompts = [self.prompt(template, item) for item in items]
-        keys = [item_key(*pair) for pair in prompts]
-        pairs = dict(zip(keys, prompts))
-        missing = {k: pairs[k] for k in cache.missing(keys)}
+        keys = self.keys(template, items)
+        gaps = dict.fromkeys(cache.missing(keys))
+        unscored = list(dict.fromkeys(item for item, key in zip(items, keys) if key in gaps))
+        missing = dict(
+            zip((self._item_keys[template][i] for i in unscored), self.prompts(template, unscored))
+        )
         if world_size > 1:
             missing = {k: v for part in all_gather_objects(missing) for k, v in part.items()}
         mine, real = padded_share(list(missing), rank, world_size) if missing else ([], 0)
