@@ -92,6 +92,55 @@ def measure(experiment: str, overrides: list[str], repeats: int) -> dict[str, An
     }
 
 
+def encode_paths(texts: int, batch_size: int, repeats: int) -> dict[str, Any]:
+    """SmolLM2 + LoRA r=8 (dream_tiny's embedder) bf16 encoding of ``texts`` HotpotQA paragraphs, interleaved:
+    e6e78c3's path (a bf16 copy of every parameter through ``functional_call``, the LoRA branches run) against
+    today's (LoRA merged into the bf16 base weights, adapters off). The ratio shares the machine's load."""
+    from torch.func import functional_call
+
+    from bench.encode import corpus_texts, min_cosine
+    from bench.timing import time_interleaved
+    from lightning_modules.models.embedder import Embedder
+
+    sample, _ = corpus_texts(Path(__file__).resolve().parents[1] / "datamodules" / "data" / "hotpotqa", texts)
+    torch.manual_seed(0)
+    lora = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear"}
+    embedder = Embedder("smollm2-135m-instruct", pooling="mean", max_length=128, lora=lora)
+    for name, parameter in embedder.named_parameters():  # a trained adapter: B ≠ 0
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.02)
+    embedder.eval()
+    sample.sort(key=lambda text: -len(embedder.text_tokenizer.token_ids([text], "document")[0]))  # both: sorted
+    outputs: dict[str, torch.Tensor] = {}
+
+    def before() -> None:
+        weights = embedder.parameters_as(torch.bfloat16)
+        with torch.no_grad():
+            rows = []
+            for start in range(0, len(sample), batch_size):
+                tokens = embedder.tokenize(sample[start : start + batch_size], "document")
+                rows.append(functional_call(embedder, weights, kwargs=tokens).float())
+        outputs["before"] = torch.cat(rows)
+
+    def after() -> None:
+        outputs["after"] = embedder.encode(sample, "document", batch_size=batch_size, precision="bf16")
+
+    def fp32() -> None:
+        outputs["fp32"] = embedder.encode(sample, "document", batch_size=batch_size, precision="fp32")
+
+    fp32()
+    timings = time_interleaved({"before": before, "after": after}, repeats=repeats, warmup=1)
+    return {
+        "texts": len(sample),
+        "batch_size": batch_size,
+        "timings": {name: t.as_dict() for name, t in timings.items()},
+        "speedup": round(timings["before"].median_s / timings["after"].median_s, 2),
+        "min_cosine_vs_fp32": {
+            name: min_cosine(outputs[name], outputs["fp32"]) for name in ("before", "after")
+        },
+    }
+
+
 def metric_differences(records: dict[str, Any], reference: str = "before") -> dict[str, Any]:
     """Per label, each metric's difference from the ``reference`` label's first evaluation."""
     if reference not in records:
@@ -113,18 +162,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--experiment", default="dream_tiny")
     parser.add_argument("--repeats", type=int, default=2, help="evaluations of the same (unchanged) model")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--encode-only", type=int, default=0, help="only time the two bf16 encode paths on N texts"
+    )
     parser.add_argument("overrides", nargs="*", help="hydra overrides, e.g. model.eval_batch_size=64")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     torch.set_num_threads(args.threads)
+    payload = json.loads(args.out.read_text()) if args.out.exists() else {"records": {}}
+    if args.encode_only:
+        result = {"threads": args.threads, "machine": machine_info(), **encode_paths(args.encode_only, 32, 3)}
+        payload["encode_paths"] = result
+        args.out.write_text(json.dumps(payload, indent=2) + "\n")
+        print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))
+        return
     record = {
         "commit": git_commit(),
         "machine": machine_info(),
         **measure(args.experiment, args.overrides, args.repeats),
     }
     record["machine_after"] = {"load_average_1_5_15": [round(x, 2) for x in os.getloadavg()]}
-    payload = json.loads(args.out.read_text()) if args.out.exists() else {"records": {}}
+    payload = (
+        json.loads(args.out.read_text()) if args.out.exists() else payload
+    )  # another label may have finished
     payload["records"][args.label] = record
     payload["metric_difference_vs_before"] = metric_differences(payload["records"])
     args.out.parent.mkdir(parents=True, exist_ok=True)

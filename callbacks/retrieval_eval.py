@@ -60,6 +60,11 @@ class RetrievalEvaluation(L.Callback):
         self.cache_encodings = cache_encodings
         self.history: list[dict[str, Any]] = []
 
+    @classmethod
+    def check_arguments(cls, index_dtype: str = "float16", **_: Any) -> None:
+        """The config check's hook: a bad ``index_dtype`` stops the run before any model loads."""
+        index_dtype_of(index_dtype)
+
     @property
     def last(self) -> dict[str, Any] | None:
         return self.history[-1] if self.history else None

@@ -62,6 +62,18 @@ def test_per_rank_shards_merge_to_the_single_index_search():
         assert torch.equal(indices, full.indices), world
 
 
+def test_a_bad_index_dtype_stops_at_the_config_check():
+    from omegaconf import OmegaConf
+
+    from experiments.config_check import ConfigError, check_target_section
+
+    node = OmegaConf.create(
+        {"_target_": "callbacks.retrieval_eval.RetrievalEvaluation", "index_dtype": "float8"}
+    )
+    with pytest.raises(ConfigError, match="callbacks.retrieval_eval: unknown index_dtype 'float8'"):
+        check_target_section("callbacks.retrieval_eval", node)
+
+
 def test_a_float16_index_refuses_values_beyond_its_range():
     with pytest.raises(ValueError, match="beyond float16's range: set callbacks.retrieval_eval.index_dtype"):
         encode_local_shard(lambda batch: torch.full((len(batch), 2), 1e6), ["a", "b"], 1, 0, torch.float16)
