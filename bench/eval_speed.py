@@ -110,7 +110,9 @@ def encode_paths(texts: int, batch_size: int, repeats: int) -> dict[str, Any]:
         if "lora_B" in name:
             torch.nn.init.normal_(parameter, std=0.02)
     embedder.eval()
-    sample.sort(key=lambda text: -len(embedder.text_tokenizer.token_ids([text], "document")[0]))  # both: sorted
+    sample.sort(
+        key=lambda text: -len(embedder.text_tokenizer.token_ids([text], "document")[0])
+    )  # both: sorted
     outputs: dict[str, torch.Tensor] = {}
 
     def before() -> None:

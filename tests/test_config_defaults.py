@@ -8,7 +8,9 @@ The reference is every ``exp=<name>`` and ``exp=<name> debug=tiny`` composed and
   explicit flag that replaced the ``LSR_TINY_MODELS`` environment variable;
 - the wiring ``experiments.train`` used to add silently is config now: ``trainer.plugins`` (the atomic
   checkpoint IO) and the ``random_state``, ``preemption`` and ``step_timer`` callbacks;
-- the LightningModules were renamed ``<Method>Module`` in ``lightning_modules/<method>/module.py`` (core).
+- the LightningModules were renamed ``<Method>Module`` in ``lightning_modules/<method>/module.py`` (core);
+- ``callbacks.retrieval_eval`` gained ``index_dtype`` (float16) and ``cache_encodings`` (true): the evaluation
+  that scales (per-rank half-precision shards, the start's encodings cached; docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ def undo_deliberate_changes(config: dict[str, Any]) -> dict[str, Any]:
     for name, target in WIRING_CALLBACKS.items():
         assert config["callbacks"].pop(name) == {"_target_": target}
     drop_tiny_flags(config, config["tiny_models"])
+    evaluation = config["callbacks"].get("retrieval_eval")
+    if evaluation is not None:
+        assert (evaluation.pop("index_dtype"), evaluation.pop("cache_encodings")) == ("float16", True)
     config["model"]["_target_"] = RENAMED_MODULES[config["model"]["_target_"]]
     return config
 
