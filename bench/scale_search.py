@@ -142,6 +142,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--merge", action="store_true", help="keep the other variants' records already in --out"
+    )
     parser.add_argument("--variant", default=None, help=argparse.SUPPRESS)  # one variant, in a child process
     parser.add_argument("--ranking", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -155,7 +158,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     rankings = Path(f"/tmp/lsr-bench-scale-{args.documents}")
     rankings.mkdir(exist_ok=True)
-    runs, failed = {}, {}
+    previous = json.loads(args.out.read_text()) if args.merge and args.out.exists() else {}
+    runs, failed = dict(previous.get("runs", {})), dict(previous.get("failed", {}))
+    for record in runs.values():  # records written before runs carried their own thread count
+        record.setdefault("threads", previous.get("threads"))
     for variant in args.variants.split(","):
         print(f"[scale_search] {variant} ...", flush=True)
         command = [
@@ -172,7 +178,8 @@ def main(argv: list[str] | None = None) -> None:
             failed[variant] = done.stderr[-1500:]
             print(done.stderr[-1500:], flush=True)
             continue
-        runs[variant] = json.loads(done.stdout.strip().splitlines()[-1])
+        runs[variant] = {**json.loads(done.stdout.strip().splitlines()[-1]), "threads": args.threads}
+        failed.pop(variant, None)
         print(f"[scale_search]   {runs[variant]}", flush=True)
     if "before" in runs:
         reference = torch.load(rankings / "before.pt")
@@ -184,7 +191,6 @@ def main(argv: list[str] | None = None) -> None:
         "dim": args.dim,
         "queries": args.queries,
         "k": args.k,
-        "threads": args.threads,
         "runs": runs,
         "failed": failed,
         "projected_per_rank_msmarco_8.8M_world_8": {
