@@ -4,17 +4,18 @@ Logs ``val/ndcg@10``, ``val/recall@10``, ``val/recall@100``, ``val/mrr@10`` (usa
 monitor) and writes ``<run>/eval/step_<N>.json`` (metrics and per-query scores) plus a TREC run file.
 The score before training is cached per (model, pooling, max length, data, split) so it is computed once.
 
-Under DDP/FSDP every rank encodes an equal-sized shard of the corpus and of the queries, the shards are
-all-gathered, and every rank searches the same full index: every rank logs the same metrics (so
-checkpointing can monitor them) and every rank runs the same number of forward passes (FSDP's
-collectives never wait on a rank that has stopped). Under FSDP the encoding runs through the wrapped
-model's ``forward`` so the sharded parameters are gathered. A module's own ``retrieve()`` hook runs on
-the whole corpus on every rank.
+Under DDP/FSDP every rank encodes an equal-sized shard of the corpus and keeps it (``index_dtype``, half
+precision by default), the queries are all-gathered, each rank searches its shard in chunks and the
+per-rank top-k are merged (``callbacks/sharded_search.py``): no rank holds the full corpus matrix, every
+rank logs the same metrics (so checkpointing can monitor them) and every rank runs the same number of
+forward passes (FSDP's collectives never wait on a rank that has stopped). Under FSDP the encoding runs
+through the wrapped model's ``forward`` so the sharded parameters are gathered. The start's corpus
+encodings are cached (``callbacks/encoding_cache.py``). A module's own ``retrieve()`` hook runs on the
+whole corpus on every rank.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -23,14 +24,21 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from callbacks.encoding_cache import encodings_path
+from callbacks.sharded_search import (  # noqa: F401 (shard_bounds, encode_sharded: used via this module)
+    encode_local_shard,
+    encode_sharded,
+    index_dtype_of,
+    shard_bounds,
+    sharded_top_k,
+)
 from callbacks.untrained_cache import read_untrained_score, write_untrained_score
 from datamodules.protocols import corpus_source, source_name
 from datamodules.records import RetrievalCorpus
 from lightning_modules.distributed import call_through_strategy
 from lightning_modules.protocols import CachesUntrainedScore, CorpusRetriever, TextEncoder
-from retrieval.cache import cache_key, write_json_atomically
+from retrieval.cache import cache_key, cached_tensors, write_json_atomically
 from retrieval.metrics import evaluate_run, ranked
-from retrieval.search import exact_top_k
 
 
 class RetrievalEvaluation(L.Callback):
@@ -40,12 +48,22 @@ class RetrievalEvaluation(L.Callback):
         cache_untrained: bool = True,
         use_faiss: bool = False,
         show_progress: bool = True,
+        index_dtype: str = "float16",
+        cache_encodings: bool = True,
     ):
+        index_dtype_of(index_dtype)  # an unknown dtype fails at construction, not at the first evaluation
         self.top_k = top_k
         self.cache_untrained = cache_untrained
         self.use_faiss = use_faiss
         self.show_progress = show_progress
+        self.index_dtype = index_dtype
+        self.cache_encodings = cache_encodings
         self.history: list[dict[str, Any]] = []
+
+    @classmethod
+    def check_arguments(cls, index_dtype: str = "float16", **_: Any) -> None:
+        """The config check's hook: a bad ``index_dtype`` stops the run before any model loads."""
+        index_dtype_of(index_dtype)
 
     @property
     def last(self) -> dict[str, Any] | None:
@@ -90,7 +108,15 @@ class RetrievalEvaluation(L.Callback):
         start = time.perf_counter()
         show = self.show_progress and trainer.is_global_zero
         scores, indices = retrieve_top_k(
-            trainer, pl_module, [q.text for q in queries], corpus, self.top_k, self.use_faiss, show
+            trainer,
+            pl_module,
+            [q.text for q in queries],
+            corpus,
+            self.top_k,
+            self.use_faiss,
+            show,
+            index_dtype=self.index_dtype,
+            cache_encodings=self.cache_encodings,
         )
         seconds = time.perf_counter() - start
         run = {
@@ -122,6 +148,8 @@ class RetrievalEvaluation(L.Callback):
             "queries": [q.query_id for q in dm.eval_queries()],
             "corpus": len(corpus.corpus),
             "top_k": self.top_k,
+            # only when not float32, so the cached scores of a float32 index keep their keys
+            **({"index_dtype": self.index_dtype} if self.index_dtype != "float32" else {}),
         }
         return cache_key(full)
 
@@ -161,10 +189,13 @@ def retrieve_top_k(
     k: int,
     use_faiss: bool = False,
     show_progress: bool = False,
+    index_dtype: str = "float16",
+    cache_encodings: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores and corpus indices ``[Q, k]`` of each query's top-k under the current model (every rank gets
-    all of them): the module's own ``retrieve()`` when it is a :class:`CorpusRetriever`, else sharded
-    encoding (a :class:`TextEncoder`) + exact search (mteb's split between a search model and an encoder)."""
+    all of them): the module's own ``retrieve()`` when it is a :class:`CorpusRetriever`, else each rank's
+    corpus shard encoded (a :class:`TextEncoder`) and searched, the ranks' top-k merged (mteb's split
+    between a search model and an encoder). ``index_dtype``: how each rank stores its shard."""
     doc_ids = corpus.doc_ids
     if isinstance(pl_module, CorpusRetriever):
         return call_through_strategy(
@@ -175,44 +206,36 @@ def retrieve_top_k(
             "retrieval evaluation needs a module that encodes texts (encode_queries / encode_documents) or "
             f"retrieves itself (retrieve), not {type(pl_module).__name__}"
         )
-    documents = encode_sharded(
-        trainer, pl_module, "encode_documents", [corpus.corpus[d].as_text() for d in doc_ids], show_progress
-    )
+    texts = [corpus.corpus[d].as_text() for d in doc_ids]
+    documents, offset = corpus_shard(trainer, pl_module, texts, index_dtype, cache_encodings, show_progress)
     queries = encode_sharded(trainer, pl_module, "encode_queries", query_texts, show_progress)
-    return exact_top_k(queries, documents, k, use_faiss=use_faiss)
+    return sharded_top_k(trainer, queries, documents, offset, len(doc_ids), k, use_faiss)
 
 
-def shard_bounds(count: int, world_size: int, rank: int) -> tuple[int, int]:
-    """``[start, end)`` of ``rank``'s contiguous shard when ``count`` items are split into equal shards
-    of ``ceil(count / world_size)`` (the last shards may be short or empty)."""
-    per_rank = math.ceil(count / world_size)
-    start = min(rank * per_rank, count)
-    return start, min(start + per_rank, count)
-
-
-def encode_sharded(
+def corpus_shard(
     trainer: L.Trainer,
     pl_module: L.LightningModule,
-    method: str,
     texts: list[str],
+    index_dtype: str,
+    use_cache: bool,
     show_progress: bool = False,
-) -> torch.Tensor:
-    """Encode ``texts`` with ``pl_module.<method>`` split across ranks; every rank returns all ``[N, H]``.
+) -> tuple[torch.Tensor, int]:
+    """This rank's encoded corpus shard in ``index_dtype`` and its first row's corpus index; at step 0
+    read from (or written to) the encoding cache when ``use_cache``. Every rank encodes when one misses."""
 
-    Each rank encodes ``ceil(N / world)`` texts (a short shard is padded with copies of ``texts[0]`` and
-    the padding dropped after the gather), so every rank runs the same number of encoder batches.
-    """
-    world, rank = trainer.world_size, trainer.global_rank
+    def encode() -> dict[str, torch.Tensor]:
+        documents, offset = encode_local_shard(
+            lambda shard: call_through_strategy(trainer, pl_module, "encode_documents", shard, show_progress),
+            texts,
+            trainer.world_size,
+            trainer.global_rank,
+            index_dtype_of(index_dtype),
+        )
+        return {"documents": documents, "offset": torch.tensor(offset)}
 
-    def encode(shard: list[str]) -> torch.Tensor:
-        return call_through_strategy(trainer, pl_module, method, shard, show_progress)
+    def every_rank(found: bool) -> bool:
+        return trainer.strategy.reduce_boolean_decision(found, all=True)
 
-    if world == 1 or not texts:
-        return encode(texts)
-    start, end = shard_bounds(len(texts), world, rank)
-    per_rank = math.ceil(len(texts) / world)
-    shard = texts[start:end]
-    shard = shard + [texts[0]] * (per_rank - len(shard))
-    local = encode(shard).to(trainer.strategy.root_device)
-    gathered = trainer.strategy.all_gather(local)  # [world, per_rank, H]
-    return gathered.reshape(world * per_rank, -1)[: len(texts)].cpu()
+    path = encodings_path(trainer, pl_module, texts, index_dtype) if use_cache else None
+    entry = encode() if path is None else cached_tensors(path, encode, every_rank=every_rank)
+    return entry["documents"], int(entry["offset"])

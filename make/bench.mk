@@ -22,3 +22,14 @@ bench-rag: install ## Cost of callbacks=rag in the lab setting (SmolLM2-135M, 10
 
 bench-rag-tiny: install ## Smoke-run the RAG cost benchmark on the tiny random LM (seconds)
 	$(BIN)/python -m bench.rag_cost --tiny --out /tmp/rag_cost_tiny.json
+
+.PHONY: bench-eval bench-scale
+
+LABEL ?= after
+THREADS ?= 2
+
+bench-eval: install ## Lab speed: one SmolLM2 full-corpus evaluation (exp=dream_tiny, HotpotQA dev) + a cached re-evaluation -> bench/results/eval_speed.json [LABEL=after THREADS=2]
+	$(BIN)/python -m bench.eval_speed --label $(LABEL) --threads $(THREADS) $(ARGS)
+
+bench-scale: install ## Exact top-100 search of a synthetic 1M x 768 corpus, e6e78c3's path vs the sharded half-precision one: time, peak RSS -> bench/results/scale_search.json
+	$(BIN)/python -m bench.scale_search --threads $(THREADS) $(ARGS)

@@ -11,6 +11,8 @@ The reference is every ``exp=<name>`` and ``exp=<name> debug=tiny`` composed and
 - the LightningModules were renamed ``<Method>Module`` in ``lightning_modules/<method>/module.py`` (core);
 - issue 16 made the cluster recipes the papers' experiments: the keys of :data:`PAPER_RECIPE_CHANGES` changed
   on purpose, and ``tests/test_paper_recipes.py`` checks their new values.
+- ``callbacks.retrieval_eval`` gained ``index_dtype`` (float16) and ``cache_encodings`` (true): the evaluation
+  that scales (per-rank half-precision shards, the start's encodings cached; docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -86,6 +88,9 @@ def undo_deliberate_changes(config: dict[str, Any]) -> dict[str, Any]:
     for name, target in WIRING_CALLBACKS.items():
         assert config["callbacks"].pop(name) == {"_target_": target}
     drop_tiny_flags(config, config["tiny_models"])
+    evaluation = config["callbacks"].get("retrieval_eval")
+    if evaluation is not None:
+        assert (evaluation.pop("index_dtype"), evaluation.pop("cache_encodings")) == ("float16", True)
     config["model"]["_target_"] = RENAMED_MODULES[config["model"]["_target_"]]
     return config
 
