@@ -62,6 +62,9 @@ class DreamSettings(Settings):
         shuffle_candidates: shuffle each ``dataset`` group (deterministic per query and epoch), so the gold
             paragraph is not always first.
         log_unbiased_nll: also log the target NLL with no bias (``train/nll_gain`` = unbiased − biased).
+        encode_chunk_size: embed the candidates (and queries) this many texts at a time with gradients,
+            each chunk recomputed in backward (``lightning_modules/models/chunked.py``): the same losses at
+            one chunk's activation memory. 0: one forward over all of them.
     """
 
     tau_attn: float = 0.1
@@ -83,8 +86,11 @@ class DreamSettings(Settings):
     attention_backend: Literal["sdpa", "flash"] = "sdpa"
     shuffle_candidates: bool = True
     log_unbiased_nll: bool = False
+    encode_chunk_size: int = 0
 
     def check(self) -> None:
+        if self.encode_chunk_size < 0:
+            raise SettingsError(f"model.encode_chunk_size must be >= 0, got {self.encode_chunk_size}")
         if "{query}" not in self.answer_prompt:
             raise SettingsError(f"model.answer_prompt must contain '{{query}}'; got {self.answer_prompt!r}")
         if "{query}" in self.query_prompt:
