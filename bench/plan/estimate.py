@@ -19,7 +19,7 @@ from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from bench.plan.meter import LargestOp, SavedTensors, parameter_bytes, storage_bytes, storage_key
-from bench.plan.models import no_packed_sequences_on_meta
+from bench.plan.models import fused_attention_on_meta, no_packed_sequences_on_meta
 from bench.plan.recompute import SegmentMeter
 from bench.plan.steps import PlannedStep
 
@@ -60,11 +60,12 @@ def measure_step(step: PlannedStep) -> StepMeasure:
     parameters = list(step.models.parameters())
     saved = SavedTensors(exclude=parameters)
     segments = SegmentMeter(step.models, parameters)
-    with no_packed_sequences_on_meta(), LargestOp() as largest:
+    with no_packed_sequences_on_meta(), fused_attention_on_meta(), LargestOp() as largest:
         with saved, segments:
             loss = step.forward()
         loss.backward()
-    return StepMeasure(saved.bytes, segments.bytes, largest.bytes, time.perf_counter() - start)
+    working = max(largest.bytes, largest.no_grad_peak)
+    return StepMeasure(saved.bytes, segments.bytes, working, time.perf_counter() - start)
 
 
 def sharded_layer_bytes(models: nn.Module) -> tuple[int, int]:

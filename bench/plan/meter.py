@@ -11,6 +11,7 @@ in seconds on a CPU.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
 
 import torch
@@ -58,17 +59,34 @@ class SavedTensors:
 
 
 class LargestOp(TorchDispatchMode):
-    """The largest total size of the fresh outputs of one operation (views and in-place results excluded)."""
+    """Working memory on top of what autograd keeps, two ways:
+
+    - ``bytes``: the largest total size of the fresh outputs of one operation (views and in-place results
+      excluded), forward or backward, e.g. full-vocabulary logits;
+    - ``no_grad_peak``: the most bytes alive at once among tensors made in no-grad forward code (a frozen
+      LM's teacher or prefix pass: a layer's intermediates coexist), each freed when its tensor object is.
+    """
 
     def __init__(self):
         super().__init__()
         self.bytes = 0
+        self.no_grad_live = 0
+        self.no_grad_peak = 0
+
+    def _release(self, size: int) -> None:
+        self.no_grad_live -= size
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if not (func.is_view or func._schema.is_mutable):
-            size = sum(t.nbytes for t in tree_leaves(out) if isinstance(t, torch.Tensor))
-            self.bytes = max(self.bytes, size)
+        if func.is_view or func._schema.is_mutable:
+            return out
+        fresh = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+        self.bytes = max(self.bytes, sum(t.nbytes for t in fresh))
+        if not torch.is_grad_enabled() and torch._C._current_graph_task_id() == -1:
+            for tensor in fresh:
+                self.no_grad_live += tensor.nbytes
+                weakref.finalize(tensor, self._release, tensor.nbytes)
+            self.no_grad_peak = max(self.no_grad_peak, self.no_grad_live)
         return out
 
 

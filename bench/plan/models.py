@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel, masking_utils
 
@@ -29,6 +30,40 @@ def no_packed_sequences_on_meta():
         yield
     finally:
         masking_utils.find_packed_sequence_indices = original
+
+
+class FlashLikeAttention(torch.autograd.Function):
+    """Attention as fused kernels (flash / memory-efficient on GPU, flash on CPU) store it for backward:
+    ``q, k, v``, the output and the row log-sum-exp, never the ``[L, L]`` weights. On meta tensors PyTorch
+    picks the math path, which saves the weights; this stands in for the kernel there (shapes only)."""
+
+    @staticmethod
+    def forward(ctx, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        out = query.new_empty(*query.shape[:-1], value.shape[-1])
+        ctx.save_for_backward(query, key, value, out, query.new_empty(query.shape[:-1], dtype=torch.float32))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        query, key, value, _, _ = ctx.saved_tensors
+        return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
+
+
+@contextmanager
+def fused_attention_on_meta():
+    """``F.scaled_dot_product_attention`` on meta tensors counted as a fused kernel (:class:`FlashLikeAttention`)."""
+    original = F.scaled_dot_product_attention
+
+    def attention(query, key, value, *args, **kwargs):
+        if query.device.type != "meta":
+            return original(query, key, value, *args, **kwargs)
+        return FlashLikeAttention.apply(query, key, value)
+
+    F.scaled_dot_product_attention = attention
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = original
 
 
 def build_embedder(spec: dict[str, Any], device: str, tiny: bool) -> PreTrainedModel:
