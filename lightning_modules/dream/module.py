@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from datamodules.batch import RetrievalBatch
+from datamodules.batch import RetrievalBatch, TokenizedTexts
 from datamodules.protocols import TrainingExamples
 from lightning_modules.base import RetrieverModule
 from lightning_modules.distributed import call_through_strategy
@@ -30,6 +30,7 @@ from lightning_modules.losses.dream import (
     dream_lm_loss,
     key_position_bias,
 )
+from lightning_modules.models.chunked import embed_in_chunks
 from lightning_modules.settings import SettingsError, settings_arguments
 
 
@@ -127,9 +128,7 @@ class DreamModule(settings_arguments(DreamSettings), RetrieverModule):
             batch = self.with_mined_candidates(batch)
         inputs, settings = batch.embedder_inputs, self.settings
         cosines = candidate_cosines(
-            self.embedder.embed_tokens(inputs.queries),
-            self.embedder.embed_tokens(inputs.documents),
-            inputs.candidates,
+            self.embed_chunked(inputs.queries), self.embed_chunked(inputs.documents), inputs.candidates
         )
         bias = document_bias(cosines, settings.tau_attn)
         key_bias = key_position_bias(bias, batch.lm_inputs.document_index)
@@ -144,6 +143,12 @@ class DreamModule(settings_arguments(DreamSettings), RetrieverModule):
         )
         self.log_step(batch, loss, cosines, bias, unbiased)
         return self.checked_loss(loss, batch_idx)
+
+    def embed_chunked(self, tokens: TokenizedTexts) -> torch.Tensor:
+        """The embeddings of ``tokens`` with gradients, ``model.encode_chunk_size`` texts per forward."""
+        return embed_in_chunks(
+            self.embedder, tokens.input_ids, tokens.attention_mask, self.settings.encode_chunk_size
+        )
 
     def log_step(
         self,

@@ -67,6 +67,9 @@ class DreamSettings(Settings):
         prepend_bos: start the LM input with the tokenizer's BOS token (when it has one), so the attention
             sink is not the first document's first token.
         log_unbiased_nll: also log the target NLL with no bias (``train/nll_gain`` = unbiased − biased).
+        encode_chunk_size: embed the candidates (and queries) this many texts at a time with gradients,
+            each chunk recomputed in backward (``lightning_modules/models/chunked.py``): the same losses at
+            one chunk's activation memory. 0: one forward over all of them.
     """
 
     tau_attn: float = 0.1
@@ -90,8 +93,11 @@ class DreamSettings(Settings):
     shuffle_mined: bool = True
     prepend_bos: bool = True
     log_unbiased_nll: bool = False
+    encode_chunk_size: int = 0
 
     def check(self) -> None:
+        if self.encode_chunk_size < 0:
+            raise SettingsError(f"model.encode_chunk_size must be >= 0, got {self.encode_chunk_size}")
         if "{query}" not in self.answer_prompt:
             raise SettingsError(f"model.answer_prompt must contain '{{query}}'; got {self.answer_prompt!r}")
         if "{query}" in self.query_prompt:

@@ -36,7 +36,12 @@ from lightning_modules.llm2vec_gen.batch import LLM2VecGenBatchPreparer, Reconst
 from lightning_modules.llm2vec_gen.generation import Response, end_of_response_ids, generate_responses
 from lightning_modules.llm2vec_gen.prompts import PromptBuilder
 from lightning_modules.llm2vec_gen.settings import LLM2VecGenSettings
-from lightning_modules.losses.llm2vec_gen import llm2vec_gen_loss
+from lightning_modules.losses.llm2vec_gen import (
+    chunked_reconstruction_loss,
+    reconstruction_loss,
+    weighted_losses,
+)
+from lightning_modules.models.chunked import checkpointed_layers
 from lightning_modules.models.embedder import Embedder
 from lightning_modules.models.registry import resolve_model_path
 from lightning_modules.settings import SettingsError, settings_arguments
@@ -125,9 +130,10 @@ class LLM2VecGenModule(settings_arguments(LLM2VecGenSettings), RetrieverModule):
             [prompt.attention_mask, prompt.attention_mask.new_ones(count, self.num_special_tokens)], dim=1
         )
         position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding: real tokens start at position 0
-        hidden = lm.base_model(
-            inputs_embeds=inputs, attention_mask=mask, position_ids=position_ids
-        ).last_hidden_state
+        with checkpointed_layers(lm, self.settings.frozen_lm_checkpointing and torch.is_grad_enabled()):
+            hidden = lm.base_model(
+                inputs_embeds=inputs, attention_mask=mask, position_ids=position_ids, use_cache=False
+            ).last_hidden_state
         return hidden[:, -self.settings.pooled_tokens :]
 
     def represent(self, texts: Sequence[str], kind: Kind) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,26 +151,43 @@ class LLM2VecGenModule(settings_arguments(LLM2VecGenSettings), RetrieverModule):
         self, soft_prompt: torch.Tensor, response_ids: torch.Tensor, response_mask: torch.Tensor
     ) -> torch.Tensor:
         """``[B, T, V]`` logits for each response token given **only** ``[soft prompt ; response so far]``."""
+        states = self.reconstruction_states(soft_prompt, response_ids, response_mask)
+        return self.frozen_lm.model.get_output_embeddings()(states)
+
+    def reconstruction_states(
+        self, soft_prompt: torch.Tensor, response_ids: torch.Tensor, response_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """``[B, T, H]`` final states that predict each response token (the LM head turns them into logits)."""
         lm = self.frozen_lm.model
         k = soft_prompt.shape[1]
         token_embeddings = lm.get_input_embeddings()(response_ids[:, :-1])
         inputs = torch.cat([soft_prompt.to(token_embeddings.dtype), token_embeddings], dim=1)
         mask = torch.cat([response_mask.new_ones(len(response_ids), k), response_mask[:, :-1]], dim=1).long()
-        hidden = lm.base_model(inputs_embeds=inputs, attention_mask=mask).last_hidden_state
-        return lm.get_output_embeddings()(hidden[:, k - 1 :])
+        with checkpointed_layers(lm, self.settings.frozen_lm_checkpointing):
+            hidden = lm.base_model(
+                inputs_embeds=inputs, attention_mask=mask, use_cache=False
+            ).last_hidden_state
+        return hidden[:, k - 1 :]
 
     def step_losses(self, inputs: ReconstructionInputs) -> dict[str, torch.Tensor]:
         """The weighted total and its two parts (:func:`~lightning_modules.losses.llm2vec_gen.llm2vec_gen_loss`)."""
         soft_prompt, embedding = self.represent_prompt(inputs.prompt)
-        logits = self.reconstruction_logits(soft_prompt, inputs.response_ids, inputs.response_mask)
-        return llm2vec_gen_loss(
-            logits,
-            inputs.response_ids,
-            inputs.response_mask,
+        settings, chunk = self.settings, self.settings.loss_chunk_size
+        if chunk == 0:
+            logits = self.reconstruction_logits(soft_prompt, inputs.response_ids, inputs.response_mask)
+            reconstruction = reconstruction_loss(logits, inputs.response_ids, inputs.response_mask)
+        else:
+            states = self.reconstruction_states(soft_prompt, inputs.response_ids, inputs.response_mask)
+            head = self.frozen_lm.model.get_output_embeddings()
+            reconstruction = chunked_reconstruction_loss(
+                states, head, inputs.response_ids, inputs.response_mask, chunk
+            )
+        return weighted_losses(
+            reconstruction,
             embedding,
             inputs.teacher_targets,
-            self.settings.reconstruction_weight,
-            self.settings.alignment_weight,
+            settings.reconstruction_weight,
+            settings.alignment_weight,
         )
 
     def losses(

@@ -31,6 +31,11 @@ class LLM2VecGenSettings(Settings):
             ``random`` (PyTorch's Linear default). The alignment head is always PyTorch's default.
         special_token_init_std: [ours] the K embeddings start at the mean input embedding plus Gaussian
             noise of this many per-dimension standard deviations of the embedding matrix.
+        loss_chunk_size: compute the full-vocabulary reconstruction loss this many response positions at
+            a time, each chunk's logits recomputed in backward (same value; one chunk's logits in memory).
+            0: all positions at once.
+        frozen_lm_checkpointing: recompute the frozen LM's layers in backward in the two passes gradients
+            flow through (same gradients; activation memory of one layer instead of all of them).
         generation: :class:`GenerationSettings` fields except ``instruction`` / ``max_query_tokens`` /
             ``use_chat_template``, which come from the fields above.
     """
@@ -47,9 +52,13 @@ class LLM2VecGenSettings(Settings):
     reconstruction_weight: float = 1.0
     alignment_weight: float = 1.0
     special_token_init_std: float = 1.0
+    loss_chunk_size: int = 0
+    frozen_lm_checkpointing: bool = False
     generation: dict[str, Any] | None = None
 
     def check(self) -> None:
+        if self.loss_chunk_size < 0:
+            raise SettingsError(f"model.loss_chunk_size must be >= 0, got {self.loss_chunk_size}")
         if self.num_special_tokens < 1:
             raise SettingsError(f"model.num_special_tokens must be >= 1, got {self.num_special_tokens}")
         if self.num_pooled_tokens is not None and not 1 <= self.num_pooled_tokens <= self.num_special_tokens:

@@ -25,7 +25,12 @@ from lightning_modules.losses.dream import (
     mean_target_nll,
 )
 from lightning_modules.losses.llm2vec import masked_next_token_loss, simcse_loss
-from lightning_modules.losses.llm2vec_gen import alignment_loss, llm2vec_gen_loss, reconstruction_loss
+from lightning_modules.losses.llm2vec_gen import (
+    alignment_loss,
+    chunked_reconstruction_loss,
+    llm2vec_gen_loss,
+    reconstruction_loss,
+)
 from lightning_modules.losses.llm_embedder import llm_embedder_loss
 from lightning_modules.losses.rabtriever import (
     listwise_relevance_loss,
@@ -47,6 +52,7 @@ __all__ = [
     "kl_distillation_loss",
     "listwise_relevance_loss",
     "llm2vec_gen_loss",
+    "chunked_reconstruction_loss",
     "llm_embedder_loss",
     "masked_next_token_loss",
     "mean_target_nll",

@@ -7,10 +7,19 @@ prompt, and align the pooled special-token embedding with an unsupervised teache
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from lightning_modules.losses.token_nll import token_nll
+
+
+def require_response_tokens(mask: torch.Tensor) -> None:
+    """Refuse an all-padding mask (meta tensors, used by ``make plan``, have no values to check)."""
+    if mask.device.type != "meta" and not mask.any():
+        raise ValueError("reconstruction_loss got no response token (the mask is all False)")
 
 
 def reconstruction_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -32,9 +41,54 @@ def reconstruction_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch
             f"{tuple(logits.shape)}, {tuple(targets.shape)}, {tuple(mask.shape)}"
         )
     mask = mask.bool()
-    if not mask.any():
-        raise ValueError("reconstruction_loss got no response token (the mask is all False)")
+    require_response_tokens(mask)
     return token_nll(logits, targets, mask).sum() / mask.sum()
+
+
+def chunked_reconstruction_loss(
+    hidden: torch.Tensor,
+    output_layer: Callable[[torch.Tensor], torch.Tensor],
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    chunk_size: int,
+) -> torch.Tensor:
+    """:func:`reconstruction_loss` of ``logits = output_layer(hidden)``, ``chunk_size`` positions at a time.
+
+    Same equation, same value: ``L = −(1 / Σ m) Σ_{b,t} m_{b,t} · log softmax(W h_{b,t})[y_{b,t}]``. Each
+    chunk's full-vocabulary logits and log-softmax are recomputed in backward (non-reentrant activation
+    checkpointing), so only one chunk of ``[B, chunk, V]`` float32 values is alive at a time instead of
+    the whole ``[B, T, V]`` (docs/scale.md, "On a cluster").
+
+    Args:
+        hidden: ``[B, T, H]`` final states; ``hidden[b, t]`` predicts response token ``t``.
+        output_layer: the LM head ``H → V``.
+        targets / mask: ``[B, T]`` as in :func:`reconstruction_loss`.
+        chunk_size: positions per chunk (>= 1).
+
+    Example: equals ``reconstruction_loss(output_layer(hidden), targets, mask)`` for any chunk size.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if hidden.ndim != 3 or targets.shape != hidden.shape[:2] or mask.shape != targets.shape:
+        raise ValueError(
+            f"chunked_reconstruction_loss expects hidden [B, T, H], targets [B, T], mask [B, T]; got "
+            f"{tuple(hidden.shape)}, {tuple(targets.shape)}, {tuple(mask.shape)}"
+        )
+    mask = mask.bool()
+    require_response_tokens(mask)
+
+    def chunk_nll(
+        states: torch.Tensor, chunk_targets: torch.Tensor, chunk_mask: torch.Tensor
+    ) -> torch.Tensor:
+        return token_nll(output_layer(states), chunk_targets, chunk_mask).sum()
+
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[1], chunk_size):
+        part = slice(start, start + chunk_size)
+        total = total + checkpoint(
+            chunk_nll, hidden[:, part], targets[:, part], mask[:, part], use_reentrant=False
+        )
+    return total / mask.sum()
 
 
 def alignment_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -80,6 +134,20 @@ def llm2vec_gen_loss(
     and unit weights: ``{"loss": log 2 + 0.5, "reconstruction": log 2, "alignment": 0.5}``.
     """
     reconstruction = reconstruction_loss(logits, response_ids, response_mask)
+    return weighted_losses(
+        reconstruction, embedding, teacher_targets, reconstruction_weight, alignment_weight
+    )
+
+
+def weighted_losses(
+    reconstruction: torch.Tensor,
+    embedding: torch.Tensor,
+    teacher_targets: torch.Tensor,
+    reconstruction_weight: float = 1.0,
+    alignment_weight: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """:func:`llm2vec_gen_loss` given the reconstruction loss already computed (e.g. by
+    :func:`chunked_reconstruction_loss`): ``w_rec · CE_recon + w_align · MSE`` and both parts."""
     alignment = alignment_loss(embedding, teacher_targets.to(embedding.device))
     total = reconstruction_weight * reconstruction + alignment_weight * alignment
     return {"loss": total, "reconstruction": reconstruction, "alignment": alignment}
