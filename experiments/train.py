@@ -33,6 +33,7 @@ from datamodules.errors import DataFormatError, MTEBTaskUnavailableError
 from experiments import CONFIG_DIR
 from experiments.config_check import ConfigError, check_config, compose_checked
 from experiments.loggers import build_loggers
+from experiments.report_rows import eval_dataset_name, evaluation_history
 from experiments.run_dir import (
     ConfigMismatchError,
     check_no_secrets,
@@ -210,6 +211,8 @@ def run(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
             "before": before["metrics"] if before else None,
             "after": after["metrics"] if after else None,
         },
+        "eval_set": eval_dataset_name(run_dir, (after or {}).get("split")),
+        "eval_history": evaluation_history(run_dir),  # the nDCG@10 curve, for a report without the run dir
         "resumed_from": ckpt_path,
         "resumed_at_step": resume_step,
     }

@@ -194,7 +194,7 @@ def test_report_shows_a_label_control_run_as_label_use(tmp_path):
 
 
 def test_report_labels_a_removed_subtree_once():
-    from experiments.report import config_difference, differing_keys, flatten
+    from experiments.report_labels import config_difference, differing_keys, flatten
 
     base = flatten({"data": {"tasks": {"qa": {"k": 5}, "tool": {"k": 8, "weight": 0.2}}}, "model": {"lr": 1}})
     no_tool = flatten({"data": {"tasks": {"qa": {"k": 5}}}, "model": {"lr": 1}})
