@@ -11,7 +11,8 @@ says which result file fills each role::
 The verdict is one of :data:`VERDICTS`, with a reason. The rules, :data:`RULES` (thresholds from the yaml):
 
 - ``gain_over_start``: each role's dev nDCG@10 after training ≥ before + ``min_gain``; with ``label_free``
-  the run's label use must start with "none" and its candidate groups must not contain the gold paragraph.
+  the run's label use must start with "none" and its ``candidates`` (the exp's ``meta.candidates``) must
+  not say the groups contain the gold paragraph (:data:`GOLD_IN_CANDIDATES`).
 - ``rag_better``: for each start role R (compared with ``contrastive_R``): rag/answer_nll after ≤ start's
   − ``min_nll_drop`` and ≤ contrastive's − ``min_nll_drop``; rag/em after ≥ start's + ``min_em_gain`` and
   ≥ contrastive's + ``min_em_gain``; the two training times within ``time_tolerance`` of each other.
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +49,8 @@ HOLDS, DOES_NOT_HOLD, NOT_MEASURABLE, REFERENCE = (
     "reference row",
 )
 VERDICTS = (HOLDS, DOES_NOT_HOLD, NOT_MEASURABLE, REFERENCE)
+# results.json["candidates"] saying the candidate groups hold the gold paragraph (the exps' meta.candidates)
+GOLD_IN_CANDIDATES = re.compile(r"\bcontains? (the|a) gold", re.IGNORECASE)
 
 
 class NotMeasurable(Exception):
@@ -115,7 +119,7 @@ def label_free_problem(results: dict[str, Any], role: str) -> str | None:
     label_use = str(results.get("label_use", "?"))
     if not label_use.lower().startswith("none"):
         return f"{role}: not label-free (label use: {label_use})"
-    if "contains the gold" in str(results.get("candidates", "")).lower():
+    if GOLD_IN_CANDIDATES.search(str(results.get("candidates", ""))):
         return f"{role}: the candidate groups contain the gold paragraph (labels enter through them)"
     return None
 

@@ -106,7 +106,7 @@ def collect_run(results_file: Path) -> tuple[Row, Row | None]:
         ),
         steps=budget.get("steps"),
         seconds_per_step=budget.get("seconds_per_step"),
-        config=flatten(stored),
+        config=flatten(stored) or {"file": results_file.name},  # a copy without its run dir: its file name
         run_dir=str(results.get("run_dir") or results_file.resolve().parent),
     )
     after = (results["metrics"] or {}).get("after")

@@ -152,3 +152,18 @@ def test_chance_ndcg_matches_every_ranking_averaged():
         placements
     )
     assert chance_ndcg_at_10(12, 2) == pytest.approx(mean)
+
+
+def test_label_free_claim_is_not_measurable_when_the_candidate_groups_hold_the_gold():
+    from experiments.claims import gain_over_start
+
+    leaky = {
+        "label_use": "none in the loss",
+        "candidates": "HotpotQA candidate paragraphs (1 gold + 4 others; the set contains the gold ones)",
+        "metrics": {"before": {"ndcg@10": 0.80}, "after": {"ndcg@10": 0.85}},
+    }
+    numbers, _, verdict, reason = gain_over_start({"minilm": leaky}, {"min_gain": 0.01, "label_free": True})
+    assert (numbers, verdict) == ("minilm: nDCG@10 0.800 → 0.850 (Δ +0.050)", "not measurable here")
+    assert reason == "minilm: the candidate groups contain the gold paragraph (labels enter through them)"
+    *_, verdict, _ = gain_over_start({"minilm": leaky}, {"min_gain": 0.01, "label_free": False})
+    assert verdict == "holds"
