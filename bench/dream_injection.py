@@ -203,23 +203,29 @@ def hotpotqa_groups(queries: int, k: int) -> tuple[list[list[str]], list[str], l
     raise ValueError(f"the vendored HotpotQA has fewer than {queries} questions with {k} candidates")
 
 
-def compare(queries: int, k: int, max_document_tokens: int, repeats: int, tau: float = 0.1) -> dict[str, Any]:
-    """Interleaved forward + backward times of DREAM (middle-third heads, all heads) and the two-pass."""
+def load_lms() -> tuple[Any, Any, Any]:
+    """SmolLM2-135M-Instruct twice (DREAM's attention, the two-pass in-batch attention) and its tokenizer."""
+    from transformers import AutoTokenizer
+
     from lightning_modules.dream.attention import attention_name
-    from lightning_modules.dream.heads import middle_third_heads
-    from lightning_modules.dream.inputs import build_dream_inputs
-    from lightning_modules.losses.dream import document_bias, dream_lm_loss, key_position_bias
     from lightning_modules.models.frozen_lm import FrozenCausalLM
+    from lightning_modules.models.registry import resolve_model_path
 
     dream_lm = FrozenCausalLM("smollm2-135m-instruct", attn_implementation=attention_name("sdpa")).model
     revela_lm = FrozenCausalLM(
         "smollm2-135m-instruct", attn_implementation=register_in_batch_attention()
     ).model
-    from transformers import AutoTokenizer
-
-    from lightning_modules.models.registry import resolve_model_path
-
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("smollm2-135m-instruct"))
+    return dream_lm, revela_lm, tokenizer
+
+
+def compare(queries: int, k: int, max_document_tokens: int, repeats: int, tau: float = 0.1) -> dict[str, Any]:
+    """Interleaved forward + backward times of DREAM (middle-third heads, all heads) and the two-pass."""
+    from lightning_modules.dream.heads import middle_third_heads
+    from lightning_modules.dream.inputs import build_dream_inputs
+    from lightning_modules.losses.dream import document_bias, dream_lm_loss, key_position_bias
+
+    dream_lm, revela_lm, tokenizer = load_lms()
     documents, questions, answers = hotpotqa_groups(queries, k)
     prompts = [f"Question: {q}\nAnswer:" for q in questions]
     targets = [" " + a for a in answers]

@@ -98,7 +98,7 @@ def time_document_states(module: RabtrieverModule, documents: list[str], repeats
     return best_seconds(store, repeats)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--predictor", default="mlp", choices=["mlp", "cross_attention"])
@@ -120,19 +120,25 @@ def main(argv: list[str] | None = None) -> dict:
             [16, 32, 64],
             1,
         )
-    query = "Which city does the river flow through, and who founded its university?"
+    return args
 
-    module = build_module(args.model, args.length, args.predictor, args.precision)
+
+def sweep_stored_documents(module: RabtrieverModule, query: str, args: argparse.Namespace) -> dict:
+    """Teacher and student seconds per query against the number of documents N."""
     pool = filler_documents(max(args.teacher_n), words=2 * max(args.length, 8))
     # the student's cost does not depend on what the stored states hold: 32 real ones, tiled to the largest N
     with torch.no_grad(), autocast_for(module.lm_precision, module.device):
         distinct = module.lm.document_states(filler_documents(32, words=2 * max(args.length, 8))).float()
     stored_pool = distinct.repeat(-(-max(args.student_n) // distinct.shape[0]), 1, 1)
-    by_n = {
+    return {
         "document_tokens": args.length,
         "teacher": {n: time_teacher(module, query, pool[:n], args.repeats) for n in args.teacher_n},
         "student": {n: time_student(module, query, stored_pool[:n], args.repeats) for n in args.student_n},
     }
+
+
+def sweep_document_length(module: RabtrieverModule, query: str, args: argparse.Namespace) -> dict:
+    """Teacher, student and document-state seconds against the document length."""
     by_length: dict = {"documents": args.docs, "teacher": {}, "student_query": {}, "document_states": {}}
     for length in args.lengths:
         module.lm = RelevanceLM(
@@ -146,6 +152,15 @@ def main(argv: list[str] | None = None) -> dict:
         by_length["teacher"][length] = time_teacher(module, query, documents, args.repeats)
         by_length["student_query"][length] = time_student(module, query, stored, args.repeats)
         by_length["document_states"][length] = time_document_states(module, documents, args.repeats)
+    return by_length
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    query = "Which city does the river flow through, and who founded its university?"
+    module = build_module(args.model, args.length, args.predictor, args.precision)
+    by_n = sweep_stored_documents(module, query, args)
+    by_length = sweep_document_length(module, query, args)
 
     def exponent(table: dict) -> float:
         sizes = sorted(table)

@@ -278,18 +278,17 @@ def op_kind(name: str) -> str:
     return "elementwise/other"
 
 
-def benchmark(
-    method: str, size: str, repeats: int, warmup: int, ceilings: dict[str, float], profile_below: float
-) -> dict[str, Any]:
+def fitted_step(adapter: MethodAdapter, size: str) -> tuple[Any, Any, Any, Callable[[], float]]:
+    """``(cfg, module, batch, step)``: the experiment's module after one real training step (every setup
+    hook, cache and the optimiser ran as in training), detached, with one training step on a fixed batch."""
     import lightning as L
     from hydra.utils import instantiate
 
-    from experiments.train import prepare_environment
+    from experiments.cli import prepare_process
 
-    adapter = ADAPTERS[method]
     workdir = tempfile.mkdtemp(prefix="lsr-bench-")
     cfg = compose_experiment(adapter.experiment, adapter.sizes[size], workdir)
-    prepare_environment(cfg)
+    prepare_process(bool(cfg.offline), cfg.threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data, _convert_="all")
     module = instantiate(cfg.model, _convert_="all")
@@ -310,8 +309,14 @@ def benchmark(
     forward_context = trainer.precision_plugin.forward_context
     module.trainer = None  # detached: self.log() becomes a no-op, as outside a loop
     module.train()
-    step = build_step(module, optimizer, batch, forward_context)
+    return cfg, module, batch, build_step(module, optimizer, batch, forward_context)
 
+
+def benchmark(
+    method: str, size: str, repeats: int, warmup: int, ceilings: dict[str, float], profile_below: float
+) -> dict[str, Any]:
+    adapter = ADAPTERS[method]
+    cfg, module, batch, step = fitted_step(adapter, size)
     counter = TokenCounter(module)
     first_loss = step()
     positions, non_padding = counter.positions, counter.non_padding

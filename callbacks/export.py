@@ -228,8 +228,10 @@ def run_config(run_dir: str | Path) -> dict[str, Any] | None:
 
 
 class ExportEmbedder(L.Callback):
-    """Writes the trained embedder at the end of fit (rank 0). Under FSDP every rank first takes part in
-    gathering the embedder's full parameters (:func:`lightning_modules.fsdp.full_parameters`)."""
+    """Exports the trained embedder at the end of fit (rank 0; under FSDP every rank first takes part in
+    gathering the embedder's full parameters, :func:`lightning_modules.fsdp.full_parameters`); its
+    ``README.md`` model card is written once the run's results are known (:meth:`on_results`, see
+    ``callbacks/results.py``)."""
 
     def __init__(self, dirname: str = "export"):
         self.dirname = dirname
@@ -246,11 +248,22 @@ class ExportEmbedder(L.Callback):
         if not trainer.is_global_zero:
             return
         self.path = Path(trainer.default_root_dir) / self.dirname
+        pl_module.export(self.path, parameters=parameters)
+        rank_zero_info(f"exported the embedder to {self.path}")
+
+    def results_summary(self) -> dict[str, Any]:
+        return {"export_dir": str(self.path)} if self.path is not None else {}
+
+    def on_results(self, trainer: L.Trainer, pl_module: L.LightningModule, results: dict[str, Any]) -> None:
+        """Write the model card: method, data, budget and scores of the finished run."""
+        if self.path is None:
+            return
         card = model_card(
             type(pl_module).__name__,
             dict(pl_module.hparams),
+            results["metrics"]["after"],
+            results=results,
             config=run_config(trainer.default_root_dir),
             mteb=last_mteb_record(trainer.default_root_dir),
         )
-        pl_module.export(self.path, model_card=card, parameters=parameters)
-        rank_zero_info(f"exported the embedder to {self.path}")
+        (self.path / "README.md").write_text(card)

@@ -40,7 +40,6 @@ from datamodules.records import Document
 from lightning_modules.base import RetrieverModule
 from lightning_modules.llm_embedder.teacher import lm_identity
 from lightning_modules.models.frozen_lm import FrozenCausalLM
-from lightning_modules.models.registry import tiny_models_enabled
 from lightning_modules.protocols import CachesUntrainedScore
 from retrieval.cache import (
     cache_key,
@@ -209,7 +208,7 @@ class RagEvaluation(L.Callback):
             "lm": lm_identity(self.reader.lm),
             "chat_template": self.reader.builder.uses_chat,
             "settings": settings,
-            "tiny_models": tiny_models_enabled(),
+            "tiny_models": bool((self.settings["lm"] or {}).get("tiny", False)),
             "data": source_name(datamodule),
             "split": datamodule.eval_split,
             "corpus": cache_key(corpus.doc_ids),

@@ -163,7 +163,9 @@ class RerankEvaluation(L.Callback):
     ) -> dict[str, Any]:
         key = {
             "first_stage": self.first_stage,
-            "resolved": resolve_model_path(self.first_stage["name_or_path"]),  # differs under debug=tiny
+            "resolved": resolve_model_path(
+                self.first_stage["name_or_path"], self.first_stage.get("tiny", False)
+            ),  # differs under debug=tiny
             "precision": self.encode_precision,
             "k": self.top_k,
             **data_key,

@@ -3,7 +3,9 @@
 - :class:`ResumeCheckpoint` writes ``<run>/checkpoints/last.ckpt`` every ``every_n_train_steps`` optimizer
   steps and once more when training ends, independent of any monitored metric (the "best" checkpoint is
   a separate ``ModelCheckpoint``). The batch's CSV metrics row is written before the checkpoint, so a kill
-  right after it loses no row.
+  right after it loses no row. On SIGINT (Ctrl-C) or SIGTERM during training it finishes the running batch,
+  writes ``last.ckpt`` (atomically, through the checkpoint IO) and stops with :class:`TrainingStopped`; a
+  second Ctrl-C stops at once.
 - :class:`PreemptionAtBatchEnd` moves SLURM's preemption checkpoint (SIGUSR1) to the end of the running
   training batch.
 - :class:`RandomStateCheckpoint` stores the Python, NumPy and torch (CPU and CUDA) generator states in
@@ -15,6 +17,9 @@
 from __future__ import annotations
 
 import random
+import signal
+import sys
+import threading
 from typing import Any
 
 import lightning as L
@@ -24,11 +29,24 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from callbacks.csv_logger import write_step_metrics_now
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class TrainingStopped(Exception):  # noqa: N818 - an outcome, not a failure
+    """Training stopped on a signal after ``last.ckpt`` was written at the end of the running batch."""
+
+    def __init__(self, signum: int, step: int, checkpoint: str | None):
+        super().__init__(f"{signal.Signals(signum).name} at step {step}; last checkpoint: {checkpoint}")
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+
 
 class ResumeCheckpoint(ModelCheckpoint):
-    """``last.ckpt`` every ``every_n_train_steps`` steps and at the end of training (nothing else)."""
+    """``last.ckpt`` every ``every_n_train_steps`` steps, at the end of training, and when a stop signal
+    (SIGINT, SIGTERM) arrives during training: then at the end of the running batch, before stopping."""
 
-    def __init__(self, dirpath: str | None = None, every_n_train_steps: int = 10):
+    def __init__(
+        self, dirpath: str | None = None, every_n_train_steps: int = 10, stop_on_signals: bool = True
+    ):
         if every_n_train_steps < 1:
             raise ValueError(
                 f"callbacks.resume_checkpoint.every_n_train_steps must be >= 1, got {every_n_train_steps}"
@@ -41,6 +59,26 @@ class ResumeCheckpoint(ModelCheckpoint):
             enable_version_counter=False,
         )
         self._in_batch_end = False
+        self.stop_on_signals = stop_on_signals
+        self._stop_signal: int | None = None
+        self._previous_handlers: dict[int, Any] = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        if self.stop_on_signals and threading.current_thread() is threading.main_thread():
+            for signum in STOP_SIGNALS:  # installed after Lightning's own (which only flags SIGTERM)
+                self._previous_handlers[signum] = signal.signal(signum, self._request_stop)
+
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        if self._stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, keeping the previous last.ckpt
+        self._stop_signal = signum
+        print(
+            f"\n{signal.Signals(signum).name} received: finishing the current batch, then writing last.ckpt"
+            + (" (Ctrl-C again stops at once)" if signum == signal.SIGINT else ""),
+            file=sys.stderr,
+            flush=True,
+        )
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -48,8 +86,20 @@ class ResumeCheckpoint(ModelCheckpoint):
         self._in_batch_end = True
         try:
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+            if self._stop_requested(trainer):
+                if self._last_global_step_saved != trainer.global_step:
+                    self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+                signum = self._stop_signal or signal.SIGTERM  # another rank got it: every rank stops here
+                raise TrainingStopped(signum, trainer.global_step, self.last_model_path or None)
         finally:
             self._in_batch_end = False
+
+    def _stop_requested(self, trainer: L.Trainer) -> bool:
+        """Whether any rank received a stop signal (every rank stops after the same batch)."""
+        requested = self._stop_signal is not None
+        if trainer.world_size > 1:
+            requested = bool(trainer.strategy.reduce_boolean_decision(requested, all=False))
+        return requested
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         if self._in_batch_end:  # this batch's CSV row reaches the disk before the checkpoint covering it
@@ -60,6 +110,19 @@ class ResumeCheckpoint(ModelCheckpoint):
         """Also save the final step, so re-running a finished command resumes at the end and trains nothing."""
         if self._last_global_step_saved != trainer.global_step and not trainer.fast_dev_run:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore_handlers()
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._restore_handlers()  # Lightning skips the teardown hooks when fit ends in an exception
+
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers = {}
 
 
 def collect_random_state() -> dict[str, Any]:

@@ -39,6 +39,7 @@ from typing import Any
 
 import yaml
 
+from experiments.cli import UsageError
 from experiments.report_rows import RAG_REFERENCE_NAMES, read_json
 
 DEFINITIONS = Path(__file__).with_name("lab_claims.yaml")
@@ -264,9 +265,9 @@ def load_definitions(path: Path = DEFINITIONS) -> dict[str, dict[str, Any]]:
     for claim, entry in definitions.items():
         missing = [k for k in ("paper", "quote", "setting", "rule", "roles") if k not in (entry or {})]
         if missing:
-            raise ValueError(f"{path}: claim '{claim}' lacks {', '.join(missing)}")
+            raise UsageError(f"{path}: claim '{claim}' lacks {', '.join(missing)}")
         if entry["rule"] not in RULES:
-            raise ValueError(
+            raise UsageError(
                 f"{path}: {claim}.rule: unknown rule '{entry['rule']}' (known: {', '.join(RULES)})"
             )
     return definitions
@@ -277,23 +278,23 @@ def load_claims_map(path: Path, definitions: dict[str, dict[str, Any]]) -> dict[
     Unknown claims or roles and listed files that do not exist are errors naming the map and the key."""
     raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping claim id → {{role: result file}}")
+        raise UsageError(f"{path}: expected a mapping claim id → {{role: result file}}")
     mapped: dict[str, dict[str, Path]] = {}
     for claim, roles in raw.items():
         if claim not in definitions:
-            raise ValueError(f"{path}: {claim}: unknown claim (known: {', '.join(definitions)})")
+            raise UsageError(f"{path}: {claim}: unknown claim (known: {', '.join(definitions)})")
         if not isinstance(roles, dict):
-            raise ValueError(f"{path}: {claim}: expected {{role: result file}}, got {roles!r}")
+            raise UsageError(f"{path}: {claim}: expected {{role: result file}}, got {roles!r}")
         mapped[claim] = {}
         for role, name in roles.items():
             if role not in definitions[claim]["roles"]:
                 known = ", ".join(definitions[claim]["roles"])
-                raise ValueError(f"{path}: {claim}.{role}: unknown role (roles: {known})")
+                raise UsageError(f"{path}: {claim}.{role}: unknown role (roles: {known})")
             if name is None:
                 continue
             file = path.parent / str(name)
             if not file.is_file():
-                raise ValueError(f"{path}: {claim}.{role}: no such file {file}")
+                raise UsageError(f"{path}: {claim}.{role}: no such file {file}")
             mapped[claim][role] = file
     return mapped
 

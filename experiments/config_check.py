@@ -1,9 +1,12 @@
 """Check a composed config before anything runs: every mistake is named with its key and the valid choices.
 
-- Unknown or typo'd keys, on the command line or inside an experiment file: the message lists the valid
-  keys at that level (and the closest match). Sections with a ``_target_`` are checked against the
-  target's constructor; a method's ``embedder`` / ``frozen_lm`` / ``optimizer`` / ``scheduler`` dicts
-  against :class:`Embedder`, :class:`FrozenCausalLM`, AdamW and the scheduler options.
+- Unknown experiments and group options (the valid ones listed from the config search path), unknown or
+  typo'd keys, on the command line or inside an experiment file: the message lists the valid keys at that
+  level (and the closest match). Sections with a ``_target_`` (at any depth: ``model.optimizer``,
+  ``trainer.strategy``) are checked against the target's constructor, ``trainer`` against ``Trainer``; a
+  method's ``embedder`` / ``frozen_lm`` / ``scheduler`` blocks against :class:`Embedder`,
+  :class:`FrozenCausalLM` and the scheduler options.
+- Values of the wrong type (``trainer.max_steps=abc``), from the same signatures (``config_types.py``).
 - Incompatible options: FSDP / DeepSpeed or a GPU accelerator without a GPU, fp16 on CPU.
 - Required values left at ``???`` (e.g. ``data.path`` of ``data=beir_local``).
 - Missing model files: a ``name_or_path`` that is neither a registry alias, a complete local folder, nor a
@@ -16,7 +19,6 @@ import difflib
 import importlib
 import inspect
 import os
-import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,13 +26,15 @@ from typing import Any
 import torch
 import yaml
 from hydra import compose, initialize_config_dir
-from hydra.errors import ConfigCompositionException, MissingConfigException
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from experiments import CONFIG_DIR
+from experiments.config_types import HYDRA_KEYS, parameter_annotations, root_annotations, type_problem
 
-HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
 GROUPS = ("model", "data", "trainer", "logger", "callbacks")
 MODEL_ALIASES = {"smollm2-135m-instruct", "all-minilm-l6-v2"}
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json", "*.gguf", "*.pt")
@@ -43,54 +47,62 @@ class ConfigError(ValueError):
 
 # ---- composing with helpful errors ------------------------------------------------------------------------
 def compose_checked(overrides: list[str]) -> DictConfig:
-    """``hydra.compose`` of the root config, turning Hydra's errors into :class:`ConfigError` messages."""
-    try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+    """``hydra.compose`` of the root config; Hydra's errors become :class:`ConfigError` messages that name the
+    unknown option or key and list the valid ones (read from the config search path, not from error text)."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        try:
             return compose(config_name="config", overrides=overrides)
-    except MissingConfigException as err:
-        raise ConfigError(explain_missing_group_option(err)) from None
-    except ConfigCompositionException as err:
-        raise ConfigError(explain_bad_override(overrides, err) or str(err)) from None
+        except MissingConfigException as err:
+            raise ConfigError(missing_option_message(err)) from None
+        except (ConfigCompositionException, OverrideParseException) as err:
+            raise ConfigError(bad_override_message(overrides) or str(err)) from None
 
 
-def explain_missing_group_option(err: MissingConfigException) -> str:
-    text = str(err)
-    match = re.search(r"Could not find '([^'/]+)/([^']+)'", text)
-    options = re.findall(r"^\t(\S+)$", text.split("Config search path")[0], flags=re.M)
-    if not match:
-        return text
-    group, name = match.groups()
+def missing_option_message(err: MissingConfigException) -> str:
+    """``unknown experiment 'defualt' (no experiments/exp/defualt.yaml). Did you mean 'default'? ...``"""
+    if not err.missing_cfg_file or err.options is None:
+        return str(err)
+    group, _, name = err.missing_cfg_file.rpartition("/")
     what = "experiment" if group == "exp" else f"'{group}' option"
-    hint = difflib.get_close_matches(name, options, n=1)
+    hint = difflib.get_close_matches(name, err.options, n=1)
     return (
         f"unknown {what} '{name}' (no experiments/{group}/{name}.yaml)."
         + (f" Did you mean '{hint[0]}'?" if hint else "")
-        + f" Available: {', '.join(options)}"
+        + f" Available: {', '.join(err.options)}"
     )
 
 
-def explain_bad_override(overrides: list[str], err: ConfigCompositionException) -> str | None:
-    """For ``Could not override 'a.b.c'``: the valid keys under ``a.b`` (composed without the bad override)."""
-    match = re.search(r"Could not (?:override|append to|delete from) '([^']+)'", str(err))
-    if not match:
-        return None
-    full_key = match.group(1)
-    rest = [
-        o for o in overrides if not o.lstrip("+~").startswith(full_key + "=") and o.lstrip("+~") != full_key
-    ]
+def bad_override_message(overrides: list[str]) -> str | None:
+    """The first ``key=value`` override whose key does not exist, with the valid keys at that level: found
+    by composing the group choices alone (``exp=``, ``model=``, ``debug=``...) and looking each key up."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    loader = GlobalHydra.instance().config_loader()
+    is_group = {o.input_line: bool(loader.get_group_options(o.key_or_group)) for o in parsed}
     try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            base = compose(config_name="config", overrides=rest)
-    except Exception:  # the other overrides are broken too: report Hydra's own message
+        base = compose(config_name="config", overrides=[line for line, group in is_group.items() if group])
+    except Exception:  # the group choices themselves fail: Hydra's own message is the best there is
         return None
+    for override in parsed:
+        if is_group[override.input_line] or override.is_add() or override.is_force_add():
+            continue
+        problem = missing_key_message(base, override.key_or_group)
+        if problem:
+            return problem
+    return None
+
+
+def missing_key_message(cfg: DictConfig, full_key: str) -> str | None:
+    """None when ``full_key`` exists in ``cfg``; else what is wrong with it and the valid keys there."""
     parts = full_key.split(".")
-    node: Any = base
+    node: Any = cfg
     depth = 0
     while depth < len(parts) - 1 and isinstance(node, DictConfig) and parts[depth] in node:
         node = node[parts[depth]]
         depth += 1
     if not isinstance(node, DictConfig):
         return f"'{'.'.join(parts[:depth])}' is a value, not a section: cannot set '{full_key}'"
+    if parts[depth] in node and depth == len(parts) - 1:
+        return None
     return unknown_key_message(".".join(parts[:depth]), parts[depth], list(node.keys()))
 
 
@@ -106,27 +118,32 @@ def unknown_key_message(section: str, key: str, valid: list[str]) -> str:
 
 # ---- checking a composed config ---------------------------------------------------------------------------
 def check_config(cfg: DictConfig) -> None:
-    """Raise :class:`ConfigError` for the first problem found (unknown keys, missing values, bad combinations)."""
+    """Raise :class:`ConfigError` for the first problem found: stage definitions, missing values, missing
+    model files (checked early: cheap, no model code imported), unknown keys, values of the wrong type,
+    bad combinations."""
     from experiments.stage_runner import check_stages
 
     check_stages(cfg)  # before anything resolves a ${stage:...} reference
     check_required_values(cfg)
-    check_root_keys(cfg)
-    for group in ("model", "data", "trainer"):
-        if cfg.get(group) is not None:
-            check_target_section(group, cfg[group])
-    for name, spec in (cfg.get("callbacks") or {}).items():
-        if spec is not None:
-            check_target_section(f"callbacks.{name}", spec)
+    check_root(cfg)
+    if not cfg.get("tiny_models"):
+        check_data_source(cfg.get("data"))
+        offline = bool(cfg.get("offline", True)) or os.environ.get("HF_HUB_OFFLINE") == "1"
+        check_model_files(cfg, offline)
+    for section, node, target in target_sections(cfg):
+        check_keys(section, [str(k) for k in node.keys()], accepted_keys(target))
+        report(type_problem(section, node, parameter_annotations(target)))
+        check_arguments_hook(section, node, target)
     check_module_lm_users(cfg)
     check_logger(cfg.get("logger") or {})
     if cfg.get("model") is not None:
         check_method_sections(cfg.model)
     check_hardware(cfg.trainer)
-    if not cfg.get("tiny_models"):
-        check_data_source(cfg.get("data"))
-        offline = bool(cfg.get("offline", True)) or os.environ.get("HF_HUB_OFFLINE") == "1"
-        check_model_files(cfg, offline)
+
+
+def report(problem: str | None) -> None:
+    if problem:
+        raise ConfigError(problem)
 
 
 def check_required_values(cfg: DictConfig) -> None:
@@ -139,16 +156,32 @@ def check_required_values(cfg: DictConfig) -> None:
         ) from None
 
 
-def root_keys() -> set[str]:
+def check_root(cfg: DictConfig) -> None:
+    """Root keys: only those of ``experiments/config.yaml`` and the groups, with their types."""
     root = yaml.safe_load((CONFIG_DIR / "config.yaml").read_text()) or {}
-    return {k for k in root if k not in ("defaults", "hydra")} | set(GROUPS)
-
-
-def check_root_keys(cfg: DictConfig) -> None:
-    valid = root_keys()
+    valid = {k for k in root if k not in ("defaults", "hydra")} | set(GROUPS)
     for key in cfg:
         if key not in valid:
             raise ConfigError(unknown_key_message("", str(key), sorted(valid)))
+    report(type_problem("", cfg, root_annotations()))
+
+
+def target_sections(node: Any, prefix: str = "") -> Iterator[tuple[str, DictConfig, Callable[..., Any]]]:
+    """``(key, section, what it builds)`` for every section that is handed to a constructor: those with a
+    ``_target_`` (at any depth, lists included) and ``trainer`` (always a ``Trainer``'s arguments)."""
+    if isinstance(node, DictConfig):
+        if prefix == "trainer":
+            yield prefix, node, resolve_target("lightning.pytorch.Trainer")
+        elif "_target_" in node:
+            yield prefix, node, resolve_target(str(node._target_))
+        children = node.items()
+    elif isinstance(node, ListConfig):
+        children = ((str(i), v) for i, v in enumerate(node))
+    else:
+        return
+    for key, value in children:
+        if key != "logger" or prefix:  # logger: W&B settings, checked by check_logger
+            yield from target_sections(value, f"{prefix}.{key}" if prefix else str(key))
 
 
 def resolve_target(path: str) -> Callable[..., Any]:
@@ -177,7 +210,9 @@ def accepted_keys(target: Callable[..., Any]) -> set[str] | None:
         if not any(p.kind == p.VAR_KEYWORD for p in parameters):
             return keys
         if getattr(owner, "__module__", "").split(".")[0] in _CLOSED_MODULES:
-            return keys  # **kwargs forwarded to torch.nn.Module / Lightning, which accept no extra keys
+            # torch.nn.Module / LightningModule accept no extra keys; a library's other **kwargs go
+            # elsewhere (DDPStrategy's to DistributedDataParallel): not traceable here
+            return keys if isinstance(owner, type) and issubclass(owner, torch.nn.Module) else None
     return None
 
 
@@ -189,14 +224,10 @@ def check_keys(section: str, given: list[str], valid: set[str] | None) -> None:
             raise ConfigError(unknown_key_message(section, key, sorted(valid)))
 
 
-def check_target_section(section: str, node: Any) -> None:
-    """Unknown keys of a ``_target_`` section; values too when the target has a ``check_arguments`` hook."""
-    if not isinstance(node, DictConfig) or "_target_" not in node:
-        return
-    target = resolve_target(str(node._target_))
-    check_keys(section, [str(k) for k in node.keys()], accepted_keys(target))
+def check_arguments_hook(section: str, node: DictConfig, target: Callable[..., Any]) -> None:
+    """The values of a ``_target_`` section, when the target has a ``check_arguments`` hook."""
     check_arguments = getattr(target, "check_arguments", None)
-    if callable(check_arguments):
+    if "_target_" in node and callable(check_arguments):
         values = OmegaConf.to_container(node, resolve=True)
         try:
             check_arguments(**{k: v for k, v in values.items() if k not in HYDRA_KEYS})
@@ -235,27 +266,24 @@ def check_logger(logger: Any) -> None:
             [str(k) for k in logger.wandb.keys()],
             (accepted_keys(wandb_logger) or set()) - {"save_dir", "run_id"},
         )
+        report(type_problem("logger.wandb", logger.wandb, parameter_annotations(wandb_logger)))
 
 
 def check_method_sections(model: DictConfig) -> None:
-    """The dicts every :class:`RetrieverModule` turns into objects: embedder, frozen_lm, optimizer, scheduler."""
-    from lightning_modules.base import DEFAULT_SCHEDULER, RetrieverModule
+    """The model blocks every :class:`RetrieverModule` builds itself: embedder, frozen_lm, scheduler."""
+    from lightning_modules.base import NO_SCHEDULE, RetrieverModule
     from lightning_modules.models.embedder import Embedder
     from lightning_modules.models.frozen_lm import FrozenCausalLM
 
     target = resolve_target(str(model.get("_target_", "")))
     if not (isinstance(target, type) and issubclass(target, RetrieverModule)):
         return
-    adamw = (accepted_keys(torch.optim.AdamW) or set()) - {"params"}
-    nested = {
-        "embedder": accepted_keys(Embedder),
-        "frozen_lm": accepted_keys(FrozenCausalLM),
-        "optimizer": adamw,
-        "scheduler": set(DEFAULT_SCHEDULER),
-    }
-    for key, valid in nested.items():
+    for key, builds in (("embedder", Embedder), ("frozen_lm", FrozenCausalLM)):
         if isinstance(model.get(key), DictConfig):
-            check_keys(f"model.{key}", [str(k) for k in model[key].keys()], valid)
+            check_keys(f"model.{key}", [str(k) for k in model[key].keys()], accepted_keys(builds))
+            report(type_problem(f"model.{key}", model[key], parameter_annotations(builds)))
+    if isinstance(model.get("scheduler"), DictConfig):
+        check_keys("model.scheduler", [str(k) for k in model.scheduler.keys()], set(NO_SCHEDULE))
 
 
 def check_data_source(data: Any) -> None:

@@ -11,189 +11,45 @@
 
 Tasks are specs of :mod:`datamodules.mteb_tasks` (``hotpotqa@dev``, ``/tmp/scifact@test``, ``NanoBEIR``).
 Writes ``mteb_results.json`` and ``mteb_results.md`` into ``--output`` (default: ``<run>/mteb_eval`` for
-a run, else ``<output root>/eval/<model name>``).
+a run, else ``<output root>/eval/<model name>``), keyed by data set: evaluating the same model on another
+data set adds its scores and keeps the others. Hub downloads are off (``HF_HUB_OFFLINE=1`` unless the
+environment says otherwise) before any hub library loads; mistakes print one ``error:`` line, exit 2.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import yaml
+from experiments.cli import ArgumentParser, UsageError, go_offline, run_command
+from experiments.eval_models import check_model_spec, latest_run
 
-from callbacks.mteb_eval import DEFAULT_METRICS, format_table, mean_main_score, run_mteb
-from retrieval.cache import write_json_atomically
-
-EXPORT_CONFIG = "lsr_embedder.json"
+SETTINGS = ("name", "revision", "precision", "title_separator", "max_length")  # must match to merge
 
 
-class ModelSpecError(ValueError):
-    pass
-
-
-# ---- finding what to load ------------------------------------------------------------------------------
-def latest_run(output_root: Path, experiment: str) -> Path:
-    """The most recently finished run directory of ``experiment`` under ``output_root``."""
-    runs = sorted((output_root / experiment).glob("*/*/results.json"), key=lambda p: p.stat().st_mtime)
-    if not runs:
-        raise ModelSpecError(
-            f"no finished run of experiment '{experiment}' under {output_root} (no */*/results.json); pass --model"
-        )
-    return runs[-1].parent
-
-
-def run_dir_of(checkpoint: Path) -> Path | None:
-    """``<run>/checkpoints/x.ckpt`` → ``<run>`` when it holds the run's ``config.yaml``."""
-    for candidate in (checkpoint.parent.parent, checkpoint.parent):
-        if (candidate / "config.yaml").exists():
-            return candidate
-    return None
-
-
-def module_config(checkpoint: Path, experiment: str | None) -> dict[str, Any]:
-    """The resolved run config next to the checkpoint, else the composed config of ``experiment``."""
-    run_dir = run_dir_of(checkpoint)
-    if run_dir is not None:
-        return yaml.safe_load((run_dir / "config.yaml").read_text())
-    if not experiment:
-        raise ModelSpecError(
-            f"{checkpoint}: no config.yaml in its run directory; pass --exp so the module class is known"
-        )
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from experiments import CONFIG_DIR
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"exp={experiment}"])
-    return OmegaConf.to_container(cfg, resolve=True)
-
-
-def load_checkpoint(checkpoint: Path, experiment: str | None) -> tuple[Any, str, str]:
-    """(module, model name, revision) from a Lightning checkpoint."""
-    import torch
-    from hydra.utils import get_class
-
-    config = module_config(checkpoint, experiment)
-    target = (config.get("model") or {}).get("_target_")
-    if not target:
-        raise ModelSpecError(f"{checkpoint}: the run config has no model._target_")
-    os.environ["LSR_TINY_MODELS"] = "1" if config.get("tiny_models") else "0"
-    module = get_class(target).load_from_checkpoint(str(checkpoint), map_location="cpu", weights_only=False)
-    module.eval()
-    step = torch.load(str(checkpoint), map_location="cpu", weights_only=False).get("global_step", "?")
-    return module, config.get("name") or checkpoint.stem, f"step-{step}"
-
-
-def load_export(folder: Path) -> Any:
-    """An exported folder as an :class:`Embedder` with the settings it was trained with."""
-    from lightning_modules.models.embedder import Embedder
-
-    settings = json.loads((folder / EXPORT_CONFIG).read_text())
-    os.environ["LSR_TINY_MODELS"] = "0"  # the folder holds the real (possibly tiny) weights already
-    return Embedder(
-        str(folder),
-        pooling=settings["pooling"],
-        normalize=settings["normalize"],
-        query_instruction=settings.get("query_instruction", ""),
-        document_instruction=settings.get("document_instruction", ""),
-        max_length=settings["max_length"],
-        append_eos=settings.get("append_eos", False),
-    )
-
-
-def stage_attention(folder: Path) -> str:
-    """The attention a pipeline stage's output was trained with (its marker file), else ``causal``."""
-    from lightning_modules.models.registry import STAGE_MARKER
-
-    marker = folder / STAGE_MARKER
-    if not marker.is_file():
-        return "causal"
-    return json.loads(marker.read_text()).get("metrics", {}).get("attention", "causal")
-
-
-def sentence_transformers_pooling(folder: Path) -> tuple[str | None, bool]:
-    """(pooling, normalize) declared by a sentence-transformers folder, or (None, True) if it isn't one."""
-    modules_file = folder / "modules.json"
-    if not modules_file.exists():
-        return None, True
-    modules = json.loads(modules_file.read_text())
-    normalize = any(m.get("type", "").endswith("Normalize") for m in modules)
-    for module in modules:
-        if module.get("type", "").endswith("Pooling"):
-            config = json.loads((folder / module["path"] / "config.json").read_text())
-            for key, name in (
-                ("pooling_mode_cls_token", "cls"),
-                ("pooling_mode_mean_tokens", "mean"),
-                ("pooling_mode_lasttoken", "last"),
-            ):
-                if config.get(key):
-                    return name, normalize
-    return None, normalize
-
-
-def load_model(spec: str, args: argparse.Namespace) -> tuple[Any, str, str, Path | None]:
-    """(model, name, revision, run directory or None) for any ``--model`` spec."""
-    from lightning_modules.models.embedder import Embedder
-
-    path = Path(spec).expanduser()
-    if path.is_dir() and ((path / "results.json").exists() or (path / "config.yaml").exists()):
-        run_dir = path
-        if (run_dir / "export" / EXPORT_CONFIG).exists():
-            config = (
-                yaml.safe_load((run_dir / "config.yaml").read_text())
-                if (run_dir / "config.yaml").exists()
-                else {}
-            )
-            return load_export(run_dir / "export"), config.get("name") or run_dir.name, "export", run_dir
-        last = run_dir / "checkpoints" / "last.ckpt"
-        if not last.exists():
-            raise ModelSpecError(f"{run_dir}: a run directory without export/ or checkpoints/last.ckpt")
-        module, name, revision = load_checkpoint(last, args.exp)
-        return module, name, revision, run_dir
-    if path.is_dir() and (path / EXPORT_CONFIG).exists():
-        run_dir = path.parent if (path.parent / "config.yaml").exists() else None
-        return load_export(path), path.parent.name if run_dir else path.name, "export", run_dir
-    if path.suffix == ".ckpt":
-        if not path.exists():
-            raise ModelSpecError(f"checkpoint {path} does not exist")
-        module, name, revision = load_checkpoint(path, args.exp)
-        return module, name, revision, run_dir_of(path)
-    pooling, normalize = sentence_transformers_pooling(path) if path.is_dir() else (None, True)
-    embedder = Embedder(
-        spec,
-        pooling=args.pooling or pooling or "mean",
-        normalize=normalize,
-        attention=args.attention or stage_attention(path),
-        max_length=args.max_length,
-        query_instruction=args.query_instruction,
-        document_instruction=args.document_instruction,
-    )
-    return embedder, path.name if path.is_dir() else spec, "baseline", None
-
-
-# ---- main ------------------------------------------------------------------------------------------------
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"
 
 
-def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+def evaluate(args: Any) -> dict[str, Any]:
+    go_offline()  # before the imports below load huggingface_hub
+    output_root = Path(args.output_root)
+    spec = args.model or str(latest_run(output_root, args.exp))
+    check_model_spec(spec, offline=os.environ.get("HF_HUB_OFFLINE", "1") != "0")  # before the slow imports
+    from callbacks.mteb_eval import DEFAULT_METRICS, run_mteb
     from datamodules.mteb_tasks import preload, resolve_tasks, split_specs
+    from experiments.eval_models import load_model
     from lightning_modules.mteb_encoder import MTEBEncoder
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    output_root = Path(args.output_root)
-    spec = args.model or str(latest_run(output_root, args.exp))
     tasks = resolve_tasks(split_specs(args.tasks), max_queries=args.max_queries)
     preload(tasks)
     model, name, revision, run_dir = load_model(spec, args)
@@ -208,7 +64,6 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     )
     start = time.perf_counter()
     scores = run_mteb(encoder, tasks, DEFAULT_METRICS, args.batch_size)
-    seconds = round(time.perf_counter() - start, 1)
     results = {
         "model": spec,
         "name": name,
@@ -217,28 +72,58 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "title_separator": args.title_separator,
         "max_length": encoder.embedder.max_length if encoder.embedder is not None else None,
         "tasks": scores,
-        "mean": mean_main_score(scores),
-        "seconds": seconds,
+        "seconds": round(time.perf_counter() - start, 1),
     }
     out = (
         Path(args.output)
         if args.output
         else (run_dir / "mteb_eval" if run_dir else output_root / "eval" / slug(name))
     )
+    return write_results(out, results)
+
+
+def merged_results(path: Path, new: dict[str, Any]) -> dict[str, Any]:
+    """``new`` merged into the results already in ``path``, keyed by data set: the scores of other data
+    sets are kept, a data set evaluated again is replaced. Refused when the kept scores were computed
+    with other settings (another checkpoint, precision, document text or length)."""
+    from callbacks.mteb_eval import mean_main_score
+
+    old = json.loads(path.read_text()) if path.exists() else {}
+    kept = {task: entry for task, entry in old.get("tasks", {}).items() if task not in new["tasks"]}
+    if kept:
+        differing = [key for key in SETTINGS if old.get(key) != new.get(key)]
+        if differing:
+            raise UsageError(
+                f"{path} holds {', '.join(kept)} evaluated with "
+                + ", ".join(f"{key}={old.get(key)!r}" for key in differing)
+                + "; this evaluation has "
+                + ", ".join(f"{key}={new.get(key)!r}" for key in differing)
+                + ". Pass --output <folder> to keep both"
+            )
+    tasks = {**kept, **new["tasks"]}
+    seconds = round(new["seconds"] + (old.get("seconds", 0.0) if kept else 0.0), 1)
+    return {**new, "tasks": tasks, "mean": mean_main_score(tasks), "seconds": seconds}
+
+
+def write_results(out: Path, new: dict[str, Any]) -> dict[str, Any]:
+    """``mteb_results.json`` (merged by data set) and its table ``mteb_results.md`` in ``out``."""
+    from callbacks.mteb_eval import format_table
+    from retrieval.cache import write_json_atomically
+
+    results = merged_results(out / "mteb_results.json", new)
     write_json_atomically(out / "mteb_results.json", results)
-    header = f"# MTEB: {name} ({revision}, {args.precision})\n\n"
+    header = f"# MTEB: {results['name']} ({results['revision']}, {results['precision']})\n\n"
+    table = format_table(results["tasks"])
     (out / "mteb_results.md").write_text(
-        header + format_table(scores) + f"\nmean main score {results['mean']:.4f}; {seconds} s\n"
+        header + table + f"\nmean main score {results['mean']:.4f}; {results['seconds']} s\n"
     )
-    print(header + format_table(scores))
+    print(header + format_table(new["tasks"]))
     print(f"wrote {out / 'mteb_results.json'} and {out / 'mteb_results.md'}")
     return results
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def parse_args(argv: list[str]) -> Any:
+    parser = ArgumentParser(prog="python -m experiments.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--model",
         default=None,
@@ -282,9 +167,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> None:
-    evaluate(parse_args(argv))
+def main(argv: list[str] | None = None) -> int:
+    return run_command(lambda arguments: evaluate(parse_args(arguments)), argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

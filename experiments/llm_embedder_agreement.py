@@ -9,6 +9,7 @@ the relevance labels, which the label-free loss never sees.
 ``python -m experiments.llm_embedder_agreement exp=llm_embedder_tiny data.tasks.qa.use_labels=true
 [model.teacher.reward=rank_aware] [--checkpoint RUN_DIR/checkpoints/last.ckpt]`` prints JSON per task. It
 reads the teacher scores from the cache (``make llm-embedder-score`` first) and scores only what is missing.
+Mistakes print one ``error:`` line and exit 2 (``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -19,11 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 
-from experiments.config_check import compose_checked
-from experiments.train import prepare_environment
-from lightning_modules.llm_embedder.teacher import ScoringItem
+from experiments.cli import UsageError, prepare_process, run_command
+from experiments.config_check import check_config, compose_checked
 
 
 def top1_agreement(
@@ -67,7 +66,7 @@ def top1_agreement(
 def load_student_checkpoint(module: torch.nn.Module, path: Path) -> None:
     """Load a training checkpoint (``last.ckpt``) into ``module``; the frozen LM is not stored in it."""
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise UsageError(f"checkpoint not found: {path}")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     module.on_load_checkpoint(checkpoint)
     module.load_state_dict(checkpoint["state_dict"])
@@ -76,7 +75,14 @@ def load_student_checkpoint(module: torch.nn.Module, path: Path) -> None:
 @torch.no_grad()
 def agreement(overrides: list[str], checkpoint: Path | None = None) -> dict:
     cfg = compose_checked(overrides)
-    prepare_environment(cfg)
+    prepare_process(bool(cfg.offline), cfg.threads)  # before the imports below load huggingface_hub
+    check_config(cfg)
+    if checkpoint is not None and not checkpoint.is_file():
+        raise UsageError(f"checkpoint not found: {checkpoint}")
+    from hydra.utils import instantiate
+
+    from lightning_modules.llm_embedder.teacher import ScoringItem
+
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.setup("fit")
     module = instantiate(cfg.model, _convert_="all")
@@ -90,7 +96,7 @@ def agreement(overrides: list[str], checkpoint: Path | None = None) -> dict:
         if settings is None or not settings.uses_teacher:
             continue
         if any(example.labels is None for example in examples):
-            raise ValueError(
+            raise UsageError(
                 f"data set '{name}' has no labels: pass data.tasks.{name}.use_labels=true "
                 "(the labels only count agreement here; training stays label-free)"
             )
@@ -113,17 +119,21 @@ def agreement(overrides: list[str], checkpoint: Path | None = None) -> dict:
     return report
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = list(sys.argv[1:] if argv is None else argv)
+def agreement_command(arguments: list[str]) -> None:
+    """``key=value`` overrides plus ``--checkpoint PATH``; prints the report as JSON."""
     checkpoint = None
-    if "--checkpoint" in args:
-        at = args.index("--checkpoint")
-        if at + 1 >= len(args):
-            raise SystemExit("--checkpoint needs a path")
-        checkpoint = Path(args.pop(at + 1))
-        args.pop(at)
-    print(json.dumps(agreement(args, checkpoint), indent=2))
+    if "--checkpoint" in arguments:
+        at = arguments.index("--checkpoint")
+        if at + 1 >= len(arguments):
+            raise UsageError("--checkpoint needs a path (a run's checkpoints/last.ckpt)")
+        checkpoint = Path(arguments.pop(at + 1))
+        arguments.pop(at)
+    print(json.dumps(agreement(arguments, checkpoint), indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(agreement_command, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

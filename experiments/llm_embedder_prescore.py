@@ -1,9 +1,10 @@
 """Compute (or confirm cached) teacher scores for an experiment's training data, without training.
 
-``python -m experiments.llm_embedder_prescore exp=llm_embedder_tiny [overrides]`` (``make
+``python -m experiments.llm_embedder_prescore exp=llm_embedder_tiny [overrides] [--debug]`` (``make
 llm-embedder-score``) loads only the data and the frozen LM, scores every candidate of every task that
 distils, prints the seconds and how many scores were already cached, and exits. Training runs of the same
 experiment (or any experiment with the same LM, template, reward and texts) then read the cache.
+Mistakes print one ``error:`` line and exit 2.
 """
 
 from __future__ import annotations
@@ -12,29 +13,29 @@ import json
 import sys
 import time
 
-from hydra.utils import instantiate
-
-from experiments.config_check import compose_checked
-from experiments.train import prepare_environment
-from lightning_modules.llm_embedder.teacher import ScoringItem, TeacherScorer
-from lightning_modules.llm_embedder.templates import task_settings
-from lightning_modules.models.frozen_lm import FrozenCausalLM
+from experiments.cli import prepare_process, run_command
+from experiments.config_check import ConfigError, check_config, compose_checked
 
 
 def prescore(overrides: list[str]) -> dict:
     cfg = compose_checked(overrides)
-    prepare_environment(cfg)
-    model_cfg = cfg.model
-    if model_cfg.get("frozen_lm") is None:
-        raise ValueError("this experiment has no frozen LM (model.frozen_lm is null): nothing to score")
+    prepare_process(bool(cfg.offline), cfg.threads)  # before the imports below load huggingface_hub
+    check_config(cfg)
+    if cfg.model.get("frozen_lm") is None:
+        raise ConfigError("this experiment has no frozen LM (model.frozen_lm is null): nothing to score")
+    from hydra.utils import instantiate
+
+    from lightning_modules.llm_embedder.teacher import ScoringItem, TeacherScorer
+    from lightning_modules.llm_embedder.templates import task_settings
+    from lightning_modules.models.frozen_lm import FrozenCausalLM
+
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.setup("fit")
     start = time.perf_counter()
-    lm = FrozenCausalLM(**model_cfg.frozen_lm)
-    load_seconds = time.perf_counter() - start
-    scorer = TeacherScorer(lm, **dict(model_cfg.teacher))
-    settings = task_settings(dict(model_cfg.get("tasks") or {}))
-    report = {"reward": scorer.reward, "lm_load_seconds": round(load_seconds, 2), "tasks": {}}
+    lm = FrozenCausalLM(**cfg.model.frozen_lm)
+    scorer = TeacherScorer(lm, **dict(cfg.model.teacher))
+    settings = task_settings(dict(cfg.model.get("tasks") or {}))
+    report = {"reward": scorer.reward, "lm_load_seconds": round(time.perf_counter() - start, 2), "tasks": {}}
     for name, examples in datamodule.examples.items():
         task = examples[0].task  # the task family of this data set
         if task not in settings or not settings[task].uses_teacher:
@@ -53,9 +54,9 @@ def prescore(overrides: list[str]) -> dict:
     return report
 
 
-def main() -> None:
-    print(json.dumps(prescore(sys.argv[1:]), indent=2))
+def main(argv: list[str] | None = None) -> int:
+    return run_command(lambda overrides: print(json.dumps(prescore(overrides), indent=2)), argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from experiments.cli import UsageError
+
 METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
 PRIMARY = "ndcg@10"
 RAG_METRICS = ("answer_nll", "em", "f1")
@@ -48,7 +50,7 @@ def read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+        raise UsageError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
 
 
 def run_directory(results_file: Path, results: dict[str, Any]) -> Path | None:

@@ -169,6 +169,15 @@ def check_or_store_config(run_dir: Path, config: dict[str, Any]) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         if store_config_once(path, config):
             return
+    check_stored_config(run_dir, config)
+
+
+def check_stored_config(run_dir: Path, config: dict[str, Any]) -> bool:
+    """Whether ``run_dir`` holds a ``config.yaml`` (read only; nothing is created); raise
+    :class:`ConfigMismatchError` when it differs from ``config``."""
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        return False
     stored = yaml.safe_load(path.read_text()) or {}
     differences = config_differences(stored, config)
     if differences:
@@ -177,3 +186,4 @@ def check_or_store_config(run_dir: Path, config: dict[str, Any]) -> None:
             f"run directory {run_dir} already holds a run with a different config; refusing to resume into it.\n"
             f"Differences:\n  {listing}\nUse a new output_root, delete the directory, or restore the config."
         )
+    return True

@@ -131,7 +131,7 @@ def build_mntp(name: str, settings: MNTPSettings, out: Path, context: StageConte
 
     seeded(settings)
     texts = load_unlabeled_texts(settings.sources, settings.max_texts_per_source)
-    module = MNTPModule(settings.model, **lora_module_args(settings))
+    module = MNTPModule(settings.model, **lora_module_args(settings, context))
     data = UnlabeledTextDataModule(
         texts,
         module.tokenizer,
@@ -157,7 +157,7 @@ def build_simcse(name: str, settings: SimCSESettings, out: Path, context: StageC
         settings.model,
         dropout=settings.dropout,
         temperature=settings.temperature,
-        **lora_module_args(settings),
+        **lora_module_args(settings, context),
     )
     data = UnlabeledTextDataModule(
         texts, module.tokenizer, "simcse", settings.batch_size, settings.max_length, seed=settings.seed
@@ -167,7 +167,7 @@ def build_simcse(name: str, settings: SimCSESettings, out: Path, context: StageC
     return {**metrics, "texts": len(texts), "attention": "bidirectional", "pooling": "mean"}
 
 
-def lora_module_args(settings: MNTPSettings | SimCSESettings) -> dict[str, Any]:
+def lora_module_args(settings: MNTPSettings | SimCSESettings, context: StageContext) -> dict[str, Any]:
     return {
         "lora": settings.lora,
         "lr": settings.lr,
@@ -175,6 +175,7 @@ def lora_module_args(settings: MNTPSettings | SimCSESettings) -> dict[str, Any]:
         "warmup_steps": settings.warmup_steps,
         "dtype": settings.dtype,
         "gradient_checkpointing": settings.gradient_checkpointing,
+        "tiny": context.tiny,
     }
 
 
@@ -182,7 +183,7 @@ def build_released(name: str, settings: ReleasedSettings, out: Path, context: St
     from lightning_modules.llm2vec.released import save_released_teacher
 
     merged = save_released_teacher(
-        out, settings.mntp_adapter, settings.simcse_adapter, settings.base, settings.dtype
+        out, settings.mntp_adapter, settings.simcse_adapter, settings.base, settings.dtype, context.tiny
     )
     return {**merged, "attention": "bidirectional", "pooling": "mean"}
 
@@ -203,6 +204,7 @@ def build_reranker_sft(name: str, settings: RerankerSFTSettings, out: Path, cont
         dtype=settings.dtype,
         loss=settings.loss,
         gradient_checkpointing=settings.gradient_checkpointing,
+        tiny=context.tiny,
     )
     metrics = fit_stage(name, module, data, settings, context)
     module.save_merged(out)

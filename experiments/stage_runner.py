@@ -37,11 +37,19 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_modules.models.registry import STAGE_MARKER
 from retrieval.cache import build_dir_atomically, cache_root, folder_problem, write_json_atomically
 
 UNKEYED = ("label_use",)  # describes the stage; does not change what it builds
 REFERENCE = re.compile(r"\$\{stage:\s*([^}\s]+)\s*\}")
+
+
+def stage_marker() -> str:
+    """The marker file of a stage output. Imported when used: this module is loaded with ``experiments``
+    (for the ``${stage:...}`` resolver), before entry points set the hub offline, so it must not import
+    the model stack (``lightning_modules.models`` loads transformers and huggingface_hub)."""
+    from lightning_modules.models.registry import STAGE_MARKER
+
+    return STAGE_MARKER
 
 
 def stage_root() -> Path:
@@ -272,11 +280,11 @@ def run_stage(cfg: DictConfig, name: str, context: Any) -> StageRecord:
                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "metrics": metrics,
             }
-            write_json_atomically(tmp / STAGE_MARKER, marker)
+            write_json_atomically(tmp / stage_marker(), marker)
 
         build_dir_atomically(path, build)
     record.seconds = round(time.perf_counter() - start, 2)
-    marker = json.loads((path / STAGE_MARKER).read_text())
+    marker = json.loads((path / stage_marker()).read_text())
     record.build_seconds, record.metrics = marker.get("build_seconds"), marker.get("metrics", {})
     verb = "built" if record.status == "built" else "reused"
     print(f"stage {name}: {verb} {path} ({record.seconds:.1f} s)", file=sys.stderr, flush=True)

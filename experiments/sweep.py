@@ -17,7 +17,6 @@ metric, which must be a key the training logs (``val/ndcg@10``, ...).
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import subprocess
@@ -31,6 +30,7 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from experiments import CONFIG_DIR
+from experiments.cli import ArgumentParser, UsageError, run_command
 from retrieval.metrics import DEFAULT_CUTOFFS
 
 SWEEP_DIR = CONFIG_DIR / "sweeps"
@@ -53,7 +53,7 @@ def sweep_path(name_or_path: str) -> Path:
     candidate = SWEEP_DIR / f"{name_or_path}.yaml"
     if not candidate.exists():
         available = ", ".join(sorted(p.stem for p in SWEEP_DIR.glob("*.yaml")))
-        raise FileNotFoundError(f"no sweep '{name_or_path}' (looked for {candidate}; available: {available})")
+        raise UsageError(f"no sweep '{name_or_path}' (looked for {candidate}; available: {available})")
     return candidate
 
 
@@ -159,8 +159,8 @@ def trial_command(overrides: list[str], environ: dict[str, str] | None = None) -
     return [*launcher, sys.executable, "-m", "experiments.train", *logger, *overrides, *site]
 
 
-def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="python -m experiments.sweep", description=__doc__.split("\n")[0])
+def parser() -> ArgumentParser:
+    root = ArgumentParser(prog="python -m experiments.sweep", description=__doc__.split("\n")[0])
     sub = root.add_subparsers(dest="command", required=True)
     check_parser = sub.add_parser("check", help="validate a sweep file offline")
     check_parser.add_argument("sweep")
@@ -176,27 +176,28 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
-def main(argv: list[str] | None = None) -> int:
+def sweep_command(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    try:
-        if args.command == "check":
-            path = sweep_path(args.sweep)
-            config = validate_sweep(path)
-            print(
-                f"{path}: {len(config['parameters'])} parameters accepted by the config; metric {config['metric']['name']}"
-            )
-            return 0
-        if args.command == "create":
-            create(args.sweep, args.project, args.entity)
-            return 0
-    except (SweepConfigError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if args.command == "check":
+        path = sweep_path(args.sweep)
+        config = validate_sweep(path)
+        print(
+            f"{path}: {len(config['parameters'])} parameters accepted by the config; metric {config['metric']['name']}"
+        )
+        return 0
+    if args.command == "create":
+        create(args.sweep, args.project, args.entity)
+        return 0
     if args.command == "agent":
         return agent(args.sweep_id, args.count)
     command = trial_command(args.overrides)
     print("trial:", shlex.join(command), flush=True)
     return subprocess.call(command, cwd=CONFIG_DIR.parent)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Mistakes in a sweep file or the arguments: one ``error:`` line, exit 2 (``experiments/cli.py``)."""
+    return run_command(sweep_command, argv)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,11 @@ parameters only (and the optimizer state of those)."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +22,9 @@ from lightning_modules.models.embedder import Embedder
 from lightning_modules.models.frozen_lm import FrozenCausalLM
 from lightning_modules.models.tokenization import EmbedderBatchPreparer, mark_prepared
 
-DEFAULT_OPTIMIZER = {"lr": 2e-5, "weight_decay": 0.01, "betas": (0.9, 0.999), "eps": 1e-8}
-DEFAULT_SCHEDULER = {"warmup_ratio": 0.1, "kind": "linear"}
+OptimizerFactory = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
+NO_SCHEDULE = {"kind": "constant", "warmup_ratio": 0.0}  # without a config: the optimizer's own learning rate
+SCHEDULE_KINDS = ("linear", "cosine", "constant")
 FROZEN_PREFIX = "frozen_lm."
 
 
@@ -63,8 +68,10 @@ class RetrieverModule(L.LightningModule):
     Args:
         embedder: keyword arguments of :class:`Embedder` (``None`` for methods that embed otherwise).
         frozen_lm: keyword arguments of :class:`FrozenCausalLM`, or ``None``.
-        optimizer: AdamW arguments (``lr``, ``weight_decay``, ...).
-        scheduler: ``{"kind": "linear"|"constant", "warmup_ratio": float}``.
+        optimizer: the optimizer constructor, called with the parameter groups: the config gives a
+            ``functools.partial`` of ``torch.optim.AdamW`` (``_partial_: true``); a checkpoint gives the same
+            as a ``{"_target_", "_partial_", ...}`` dict. ``None``: ``torch.optim.AdamW``'s own defaults.
+        scheduler: ``{"kind": "linear"|"cosine"|"constant", "warmup_ratio": float}`` (``None``: constant).
         nan_policy: ``"raise"`` stops on a NaN/inf loss (the last good checkpoint is kept);
             ``"skip"`` skips that batch's update and counts it.
         eval_batch_size / eval_precision: encoding settings for retrieval evaluation.
@@ -74,8 +81,8 @@ class RetrieverModule(L.LightningModule):
         self,
         embedder: dict[str, Any] | None = None,
         frozen_lm: dict[str, Any] | None = None,
-        optimizer: dict[str, Any] | None = None,
-        scheduler: dict[str, Any] | None = None,
+        optimizer: OptimizerFactory | Mapping[str, Any] | None = None,
+        scheduler: Mapping[str, Any] | None = None,
         nan_policy: str = "raise",
         eval_batch_size: int = 64,
         eval_precision: str = "fp32",
@@ -85,12 +92,25 @@ class RetrieverModule(L.LightningModule):
             raise ValueError(f"nan_policy must be 'raise' or 'skip', got '{nan_policy}'")
         self.embedder = Embedder(**embedder) if embedder is not None else None
         self.frozen_lm = FrozenCausalLM(**frozen_lm) if frozen_lm is not None else None
-        self.optimizer_args = {**DEFAULT_OPTIMIZER, **(optimizer or {})}
-        self.scheduler_args = {**DEFAULT_SCHEDULER, **(scheduler or {})}
+        self.optimizer_factory = optimizer_factory(optimizer)
+        self.scheduler_args = dict(scheduler if scheduler is not None else NO_SCHEDULE)
+        if self.scheduler_args["kind"] not in SCHEDULE_KINDS:
+            raise ValueError(
+                f"scheduler.kind must be one of {', '.join(SCHEDULE_KINDS)}, got '{self.scheduler_args['kind']}'"
+            )
         self.nan_policy = nan_policy
         self.eval_batch_size = eval_batch_size
         self.eval_precision = eval_precision
         self.skipped_batches = 0
+
+    def save_hyperparameters(self, *args: Any, **kwargs: Any) -> None:
+        """Lightning's, with the optimizer recorded as its plain config (``_target_``, ``_partial_``,
+        arguments): checkpoints then load weights-only, and loggers and model cards show the arguments."""
+        kwargs.setdefault("frame", inspect.currentframe().f_back)
+        super().save_hyperparameters(*args, **kwargs)
+        for hparams in (self._hparams, getattr(self, "_hparams_initial", None)):
+            if hparams is not None and "optimizer" in hparams:
+                hparams["optimizer"] = optimizer_config(hparams["optimizer"])
 
     # ---- the batch: tokenised by this module's preparer in the DataLoader workers ----------------------
     def batch_preparer(self) -> BatchPreparer:
@@ -190,6 +210,8 @@ class RetrieverModule(L.LightningModule):
         return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
 
     def configure_optimizers(self):
+        """The configured optimizer over two parameter groups (no weight decay for biases, norms and
+        parameters marked ``no_weight_decay``) and the warmup + ``kind`` learning-rate schedule per step."""
         decay, no_decay = [], []
         for name, param in self.trainable_parameters():
             if name.startswith(FROZEN_PREFIX):
@@ -198,10 +220,8 @@ class RetrieverModule(L.LightningModule):
                 )
             skip = param.ndim < 2 or "norm" in name.lower() or getattr(param, "no_weight_decay", False)
             (no_decay if skip else decay).append(param)
-        args = dict(self.optimizer_args)
-        weight_decay = args.pop("weight_decay")
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], **args)
+        groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]  # decay: the optimizer's own
+        optimizer = self.optimizer_factory([g for g in groups if g["params"]])
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = int(self.scheduler_args["warmup_ratio"] * total)
         kind = self.scheduler_args["kind"]
@@ -253,3 +273,33 @@ class RetrieverModule(L.LightningModule):
     # evaluation runs in a callback at validation time; the validation loop itself has nothing to do
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         return None
+
+
+def optimizer_factory(spec: OptimizerFactory | Mapping[str, Any] | None) -> OptimizerFactory:
+    """The optimizer constructor for ``spec``: a callable as it is, a Hydra ``_partial_`` config (what a
+    checkpoint's hyperparameters hold) instantiated, ``None`` as ``torch.optim.AdamW``."""
+    if spec is None:
+        return torch.optim.AdamW
+    if callable(spec):
+        return spec
+    if "_target_" not in spec:
+        raise ValueError(
+            f"model.optimizer must name its class (_target_: torch.optim.AdamW, _partial_: true), got {dict(spec)}"
+        )
+    from hydra.utils import instantiate
+
+    return instantiate(dict(spec), _partial_=True)
+
+
+def optimizer_config(factory: Any) -> Any:
+    """A ``functools.partial`` optimizer as its plain Hydra config (``_target_``, ``_partial_``, arguments);
+    anything else unchanged."""
+    if isinstance(factory, functools.partial) and isinstance(factory.func, type) and not factory.args:
+        module, name = factory.func.__module__, factory.func.__qualname__
+        package = module.rpartition(".")[0]  # torch.optim.adamw.AdamW is exported as torch.optim.AdamW
+        if package and getattr(sys.modules.get(package), name, None) is factory.func:
+            module = package
+        return {"_target_": f"{module}.{name}", "_partial_": True, **factory.keywords}
+    if factory is torch.optim.AdamW:
+        return {"_target_": "torch.optim.AdamW", "_partial_": True}
+    return factory

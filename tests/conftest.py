@@ -20,16 +20,8 @@ def pytest_configure(config):
         import tempfile
 
         os.environ["LSR_CACHE_DIR"] = tempfile.mkdtemp(prefix="lsr-test-cache-")
-    os.environ["LSR_TINY_MODELS"] = "0"
     # tiny models: thread start-up costs more than it saves, and DDP tests run 2 processes on 2 cores
     torch.set_num_threads(1)
-
-
-@pytest.fixture(autouse=True)
-def _reset_tiny_flag():
-    """Tests that run debug=tiny set LSR_TINY_MODELS=1; never leak it into the next test."""
-    yield
-    os.environ["LSR_TINY_MODELS"] = "0"
 
 
 @pytest.fixture

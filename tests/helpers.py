@@ -21,10 +21,10 @@ def experiment_names() -> list[str]:
 
 
 def run_experiment(overrides: list[str], output_root: Path) -> dict[str, Any]:
-    from experiments.train import run
+    from experiments.train import train
 
     overrides = [*overrides, f"output_root={output_root}"]
-    return run(compose_config(overrides), overrides)
+    return train(compose_config(overrides), overrides)
 
 
 def llm_embedder_tiny_overrides(experiment: str, train: bool = False) -> list[str]:

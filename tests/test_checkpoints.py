@@ -3,6 +3,9 @@ weights_only=True, strict about trained keys, and resumable with identical losse
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 import lightning as L
 import pytest
 import torch
@@ -32,7 +35,7 @@ def test_checkpoint_has_no_frozen_lm_and_loads_weights_only(tmp_path, tiny_bert_
         torch.testing.assert_close(restored.state_dict()[name], value)
 
 
-def test_rerun_resumes_from_last_checkpoint(tmp_path):
+def test_rerun_of_a_finished_run_resumes_at_the_end_and_logs_its_final_evaluation_once(tmp_path, capsys):
     first = run_experiment(["exp=default", "debug=tiny"], tmp_path)
     assert first["resumed_from"] is None and first["budget"]["steps"] == 2
     second = run_experiment(["exp=default", "debug=tiny"], tmp_path)
@@ -40,6 +43,16 @@ def test_rerun_resumes_from_last_checkpoint(tmp_path):
     assert second["resumed_from"].endswith("checkpoints/last.ckpt")
     assert second["budget"]["steps"] == 2  # already finished: nothing retrained
     assert second["metrics"]["before"] == first["metrics"]["before"]
+    assert second["metrics"]["after"] == first["metrics"]["after"]
+    with (Path(first["run_dir"]) / "metrics.csv").open() as handle:
+        evaluated = [row["step"] for row in csv.DictReader(handle) if row.get("val/ndcg@10")]
+    assert evaluated == ["0", "1"]  # before training, and the final evaluation once (not again on the rerun)
+    # under debug=tiny the summary names the tiny model that ran, not the real start
+    assert (
+        first["start"]
+        == "tiny-bert (debug=tiny stand-ins for: all-minilm-l6-v2 (mean pooling, max length 128))"
+    )
+    assert "start tiny-bert (debug=tiny stand-ins for: all-minilm-l6-v2" in capsys.readouterr().out
 
 
 def lora_module(seed: int) -> ContrastiveModule:
@@ -47,7 +60,7 @@ def lora_module(seed: int) -> ContrastiveModule:
     return ContrastiveModule(
         embedder={"name_or_path": "tiny-llama", "pooling": "mean", "max_length": 32, "lora": {"r": 4}},
         frozen_lm={"name_or_path": "tiny-llama"},
-        optimizer={"lr": 1e-2},
+        optimizer={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-2},
         scheduler={"kind": "constant", "warmup_ratio": 0.0},
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from types import SimpleNamespace
 
@@ -27,7 +28,7 @@ def make_module(**overrides) -> DreamModule:
         embedder={"name_or_path": "tiny-llama", "pooling": "mean", "max_length": 32, "lora": {"r": 4}},
         frozen_lm={"name_or_path": "tiny-llama"},
         max_document_tokens=8,
-        optimizer={"lr": 1e-2},
+        optimizer=functools.partial(torch.optim.AdamW, lr=1e-2),
     )
     args.update(overrides)
     module = DreamModule(**args)

@@ -17,7 +17,6 @@ where the loader and DREAM's own check read it). A GPU run still has to show ker
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from pathlib import Path
 
@@ -107,7 +106,6 @@ def test_standin_varlen_matches_masked_attention_per_sequence(flash_calls):
 
 
 def dream_module(backend: str):
-    os.environ["LSR_TINY_MODELS"] = "1"
     cfg = compose_config(["exp=dream_tiny", "debug=tiny", f"model.attention_backend={backend}"])
     torch.manual_seed(0)
     return instantiate(cfg.model, _convert_="all"), cfg

@@ -36,7 +36,7 @@ def test_bad_query_files_name_file_line_and_field(tmp_path):
 
 
 def test_tiny_experiment_trains_evaluates_and_decodes(tmp_path):
-    from experiments.decode import main as decode_main
+    from experiments.decode import decode_texts
 
     overrides = ["exp=llm2vec_gen_tiny", "debug=tiny", "model.generation.max_new_tokens=4"]
     results = run_experiment(overrides, tmp_path)
@@ -44,7 +44,7 @@ def test_tiny_experiment_trains_evaluates_and_decodes(tmp_path):
     assert 0.0 <= after["ndcg@10"] <= 1.0 and set(after) >= {"ndcg@10", "recall@100"}
     run_dir = Path(results["run_dir"])
     assert (run_dir / "generation.json").exists() and (run_dir / "checkpoints" / "last.ckpt").exists()
-    decoded = decode_main(["--ckpt", str(run_dir), "--text", "who wrote the song", "--max-new-tokens", "3"])
+    decoded = decode_texts(["--ckpt", str(run_dir), "--text", "who wrote the song", "--max-new-tokens", "3"])
     assert len(decoded) == 1 and isinstance(decoded[0], str)
 
 

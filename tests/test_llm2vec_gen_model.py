@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import lightning as L
 import pytest
 import torch
@@ -31,7 +33,7 @@ def build_module(**overrides) -> LLM2VecGenModule:
         max_document_tokens=16,
         max_response_tokens=6,
         generation={"max_new_tokens": 4, "batch_size": 8},
-        optimizer={"lr": 1e-2, "weight_decay": 0.1},
+        optimizer=functools.partial(torch.optim.AdamW, lr=1e-2, weight_decay=0.1),
         eval_batch_size=4,
     )
     args.update(overrides)
@@ -189,12 +191,13 @@ def test_identity_reconstruction_init_passes_the_states_through(module):
     assert F.cosine_similarity(module.special_tokens[0], module.special_tokens[1], dim=0) < 0.99
 
 
-def test_debug_tiny_caps_the_response_budget(monkeypatch):
+def test_debug_tiny_caps_the_response_budget():
     from lightning_modules.llm2vec_gen.module import TINY_MAX_NEW_TOKENS
 
     assert build_module(generation={"max_new_tokens": 500}).generation_settings.max_new_tokens == 500
-    monkeypatch.setenv("LSR_TINY_MODELS", "1")
-    capped = build_module(generation={"max_new_tokens": 500})
+    capped = build_module(
+        generation={"max_new_tokens": 500}, frozen_lm={"name_or_path": "tiny-llama", "tiny": True}
+    )
     assert capped.generation_settings.max_new_tokens == TINY_MAX_NEW_TOKENS
 
 

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from datamodules.llm_embedder_tasks.datamodule import load_task_examples
 from experiments import CONFIG_DIR
 from experiments.llm_embedder_agreement import agreement, load_student_checkpoint, top1_agreement
-from experiments.train import run
+from experiments.train import train
 from tests.helpers import llm_embedder_tiny_overrides
 
 
@@ -46,14 +46,14 @@ def test_top1_agreement_names_the_question_whose_shapes_differ():
 def test_agreement_reads_the_cache_and_loads_the_trained_student(tmp_path, monkeypatch):
     monkeypatch.setenv("LSR_CACHE_DIR", str(tmp_path / "cache"))
     common = llm_embedder_tiny_overrides("llm_embedder_tiny_minilm")
-    train = [
+    train_overrides = [
         *llm_embedder_tiny_overrides("llm_embedder_tiny_minilm", train=True),
         f"output_root={tmp_path}",
         "model.optimizer.lr=1e-2",
     ]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=train)
-    results = run(cfg, train)
+        cfg = compose(config_name="config", overrides=train_overrides)
+    results = train(cfg, train_overrides)
     checkpoint = Path(results["run_dir"]) / "checkpoints" / "last.ckpt"
     chunks_after_training = sorted((tmp_path / "cache").rglob("chunk-*.pt"))
 
@@ -82,5 +82,5 @@ def test_agreement_reads_the_cache_and_loads_the_trained_student(tmp_path, monke
 
     with pytest.raises(ValueError, match="data.tasks.qa.use_labels=true"):
         agreement(common)
-    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+    with pytest.raises(ValueError, match="missing.ckpt"):
         load_student_checkpoint(module, tmp_path / "missing.ckpt")

@@ -17,7 +17,7 @@ from datamodules.llm_embedder_tasks.datamodule import (
     load_task_examples,
 )
 from experiments import CONFIG_DIR
-from experiments.train import run
+from experiments.train import train
 from lightning_modules.llm_embedder.module import LLMEmbedderModule
 from lightning_modules.llm_embedder.teacher import ScoringItem
 from lightning_modules.losses.llm_embedder import same_or_positive_keys
@@ -91,7 +91,7 @@ def test_experiment_smoke_runs_offline(experiment, tmp_path, monkeypatch):
     overrides = [*llm_embedder_tiny_overrides(experiment, train=True), f"output_root={tmp_path}"]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
-    results = run(cfg, overrides)
+    results = train(cfg, overrides)
     assert results["budget"]["steps"] == 2
     assert results["metrics"]["before"] is not None and results["metrics"]["after"] is not None
     report = json.loads((Path(results["run_dir"]) / "teacher_scoring.json").read_text())

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from callbacks.export import model_card
-from experiments.evaluate import load_export
+from experiments.eval_models import load_export
 from lightning_modules.models.embedder import Embedder
 
 QUERIES = ["what is the name of the fight song", "who was the writer of these boots"]

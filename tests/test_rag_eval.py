@@ -20,7 +20,7 @@ from callbacks.rag_reader import read
 from callbacks.retrieval_eval import RetrievalEvaluation
 from datamodules.retrieval import RetrievalDataModule
 from experiments.config_check import ConfigError, check_config
-from experiments.report import collect_run
+from experiments.report_collect import collect_run
 from lightning_modules.models.frozen_lm import load_frozen_lm
 from retrieval.answers import best_match, exact_match, normalize_answer, token_f1
 from tests.helpers import compose_config, run_experiment

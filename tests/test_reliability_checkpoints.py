@@ -3,7 +3,9 @@ picks the newest readable checkpoint; the data order and CSV metrics continue wh
 
 from __future__ import annotations
 
+import os
 import pickle
+import signal
 import subprocess
 import sys
 import textwrap
@@ -16,7 +18,7 @@ from omegaconf import OmegaConf
 from callbacks.csv_logger import ResumableCSVLogger
 from datamodules.retrieval import EpochAwareSampler
 from experiments.config_check import ConfigError
-from experiments.train import resume_checkpoint
+from experiments.run_prepare import resume_checkpoint
 from lightning_modules.checkpoint_io import AtomicCheckpointIO, read_global_step
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,3 +152,41 @@ def test_csv_metrics_of_an_earlier_attempt_are_kept(tmp_path):
     assert len(archived) == 7, (
         "the first attempt's file is archived verbatim, rows after the checkpoint included"
     )
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_signal_writes_last_ckpt_after_the_running_batch_and_stops(tmp_path, tiny_bert_path, signum):
+    """No periodic checkpoint is due (every 1000 steps): the signal alone writes ``last.ckpt``, at the end
+    of the batch it arrived in, then training stops and the previous signal handlers are back."""
+    import lightning as L
+
+    from callbacks.resume import ResumeCheckpoint, TrainingStopped
+    from datamodules.retrieval import RetrievalDataModule
+    from lightning_modules.contrastive.module import ContrastiveModule
+
+    class SignalDuringThirdBatch(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 2:
+                os.kill(os.getpid(), signum)
+
+    before = signal.getsignal(signum)
+    trainer = L.Trainer(
+        max_steps=10,
+        callbacks=[
+            SignalDuringThirdBatch(),
+            ResumeCheckpoint(dirpath=str(tmp_path), every_n_train_steps=1000),
+        ],
+        plugins=[AtomicCheckpointIO()],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
+    module = ContrastiveModule(embedder={"name_or_path": tiny_bert_path})
+    with pytest.raises(TrainingStopped) as stop:
+        trainer.fit(module, datamodule=RetrievalDataModule(path="tiny_hotpotqa", group_size=2, batch_size=2))
+    assert (stop.value.signum, stop.value.step) == (signum, 3)
+    assert read_global_step(tmp_path / "last.ckpt") == 3  # the batch the signal arrived in completed
+    assert stop.value.checkpoint == str(tmp_path / "last.ckpt")
+    assert signal.getsignal(signum) is before

@@ -11,20 +11,25 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import signal
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.reliability_helpers import (
     FAST_TINY,
+    REPO,
     checkpoint_step,
     newest,
     only_run_dir,
     run_training,
     start_training,
     step_losses,
+    subprocess_env,
+    train_command,
     wait_for,
 )
 
@@ -78,6 +83,33 @@ def test_kill_9_mid_training_then_same_command_resumes_with_identical_losses(tmp
     # the first attempt's CSV metrics were not deleted by the resumed logger
     archived = run_dir / "metrics.attempt-1.csv"
     assert archived.exists() and "train/loss" in archived.read_text()
+
+
+def test_ctrl_c_saves_after_the_batch_and_the_printed_command_resumes_with_identical_losses(
+    tmp_path, reference_losses
+):
+    command = [*COMMON, f"output_root={tmp_path}"]
+    log = tmp_path / "first_attempt.log"
+    first = start_training(command, log)
+    pattern = "default/*/local/checkpoints/last.ckpt"
+    wait_for(lambda: (checkpoint_step(newest(tmp_path, pattern)) or 0) >= 3, first, log, what="step 3")
+    first.send_signal(signal.SIGINT)
+    assert first.wait(timeout=120) == 128 + signal.SIGINT, log.read_text()[-3000:]
+    stopped_at = checkpoint_step(newest(tmp_path, pattern))
+    assert 3 <= stopped_at < STEPS, "the interrupt must land before the end of training"
+    text = log.read_text()
+    assert f"interrupted (SIGINT) after step {stopped_at}: " in text
+    assert "Traceback" not in text
+    printed = text.split("Resume with the same command:\n", 1)[1].splitlines()[0].strip()
+    assert printed == f"cd {shlex.quote(str(REPO))} && {shlex.join(train_command(command))}"
+
+    second = subprocess.run(
+        printed, shell=True, env=subprocess_env(), capture_output=True, text=True, timeout=240
+    )
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"(step {stopped_at}); the data order continues where it stopped" in second.stderr
+    assert "not resumable" not in second.stderr  # Lightning's misleading warning is replaced
+    assert_same_losses(reference_losses, step_losses(only_run_dir(tmp_path)))
 
 
 def slurm_env(tmp_path: Path, job_id: str, restart_count: int) -> dict[str, str]:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from experiments.report import build_report, collect
+from experiments.report import build_report
+from experiments.report_collect import collect
 from experiments.run_dir import label_use_of
 
 
@@ -121,7 +122,7 @@ def test_report_names_a_broken_results_file(tmp_path):
     with pytest.raises(ValueError, match="missing key 'experiment'"):
         build_report(tmp_path)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="nothing to report"):
+    with pytest.raises(ValueError, match="nothing to report"):
         build_report(tmp_path / "empty")
 
 
@@ -194,7 +195,7 @@ def test_report_shows_a_label_control_run_as_label_use(tmp_path):
 
 
 def test_report_labels_a_removed_subtree_once():
-    from experiments.report_labels import config_difference, differing_keys, flatten
+    from experiments.report_collect import config_difference, differing_keys, flatten
 
     base = flatten({"data": {"tasks": {"qa": {"k": 5}, "tool": {"k": 8, "weight": 0.2}}}, "model": {"lr": 1}})
     no_tool = flatten({"data": {"tasks": {"qa": {"k": 5}}}, "model": {"lr": 1}})

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -94,7 +95,7 @@ def build_module(
     torch.manual_seed(0)
     module = RecordingContrastive(
         embedder={"name_or_path": tiny_llama_path, "pooling": "mean", "max_length": 32},
-        optimizer={"lr": 1e-3},
+        optimizer=functools.partial(torch.optim.AdamW, lr=1e-3),
         scheduler={"kind": "constant", "warmup_ratio": 0.0},
         eval_batch_size=8,
     )

@@ -102,3 +102,16 @@ def test_config_checks_still_see_every_setting_and_base_argument(module, setting
     assert {f.name for f in dataclasses.fields(settings)} <= keys
     assert {"optimizer", "embedder", "frozen_lm", "eval_precision"} <= keys
     assert "no_such_key" not in keys
+
+
+def test_a_wrong_setting_in_a_run_is_one_error_line_exit_2_and_no_run_folder(tmp_path, capsys, monkeypatch):
+    from experiments.train import main
+
+    monkeypatch.delenv("LSR_DEBUG", raising=False)
+    arguments = ["exp=dream_tiny", "debug=tiny", "model.candidates=bogus", f"output_root={tmp_path}"]
+    assert main(arguments) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert errors == ["error: model.candidates must be one of dataset, in_batch, mined; got 'bogus'"], err
+    assert "Traceback" not in err
+    assert not any(tmp_path.iterdir()), "nothing written for a run that never started"

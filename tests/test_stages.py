@@ -172,11 +172,11 @@ def test_concurrent_ranks_build_a_stage_once_and_load_the_same_folder(tmp_path):
     """As under ``srun``: two processes reach the stages together; one builds, the other waits and reuses."""
     script = (
         "import json, sys\n"
-        "from experiments.train import prepare_environment\n"
+        "from experiments.cli import prepare_process\n"
         "from experiments.stage_runner import run_stages\n"
         "from tests.helpers import compose_config\n"
         "cfg = compose_config(['exp=rabtriever_tiny', 'debug=tiny', 'threads=1'])\n"
-        "prepare_environment(cfg)\n"
+        "prepare_process(bool(cfg.offline), cfg.threads)\n"
         "(record,) = run_stages(cfg).records\n"
         "print(json.dumps({'status': record.status, 'path': record.path}))\n"
     )
@@ -191,7 +191,7 @@ def test_concurrent_ranks_build_a_stage_once_and_load_the_same_folder(tmp_path):
 
 
 def test_evaluating_a_stage_output_uses_the_attention_it_was_built_with(tmp_path):
-    from experiments.evaluate import stage_attention
+    from experiments.eval_models import stage_attention
 
     (tmp_path / "lsr_stage.json").write_text(json.dumps({"metrics": {"attention": "bidirectional"}}))
     assert stage_attention(tmp_path) == "bidirectional"

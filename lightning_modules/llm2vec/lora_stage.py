@@ -36,6 +36,7 @@ class LoRAStageModule(L.LightningModule):
         dtype: backbone weights dtype.
         gradient_checkpointing: recompute activations in backward.
         model_overrides: config fields set at load time (SimCSE's ``attention_dropout``).
+        tiny: load the tiny random model of the backbone's family instead (``debug=tiny``).
     """
 
     def __init__(
@@ -49,11 +50,12 @@ class LoRAStageModule(L.LightningModule):
         dtype: str = "float32",
         gradient_checkpointing: bool = False,
         model_overrides: dict[str, Any] | None = None,
+        tiny: bool = False,
     ):
         super().__init__()
         from peft import LoraConfig, get_peft_model
 
-        path = resolve_model_path(name_or_path)
+        path = resolve_model_path(name_or_path, tiny=tiny)
         self.tokenizer = load_tokenizer(path)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token

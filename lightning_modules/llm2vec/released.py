@@ -66,6 +66,7 @@ def save_released_teacher(
     simcse_adapter: str,
     base: str | None = None,
     dtype: str = "float32",
+    tiny: bool = False,
 ) -> dict[str, str]:
     """Base ← MNTP adapter (merged) ← SimCSE adapter (merged), saved with the tokenizer into ``out``.
 
@@ -73,13 +74,13 @@ def save_released_teacher(
     ships one (as the reference), else the base model's. Returns what was merged.
     """
     base = base or adapter_base_model(mntp_adapter)
-    model = AutoModel.from_pretrained(resolve_model_path(base), dtype=parse_dtype(dtype))
+    model = AutoModel.from_pretrained(resolve_model_path(base, tiny=tiny), dtype=parse_dtype(dtype))
     model = merge_adapter(model, mntp_adapter)
     model = merge_adapter(model, simcse_adapter)
     model.save_pretrained(out)
     try:
         tokenizer = load_tokenizer(mntp_adapter)
     except (OSError, ValueError):
-        tokenizer = load_tokenizer(resolve_model_path(base))
+        tokenizer = load_tokenizer(resolve_model_path(base, tiny=tiny))
     tokenizer.save_pretrained(out)
     return {"base": base, "mntp_adapter": mntp_adapter, "simcse_adapter": simcse_adapter}

@@ -38,14 +38,14 @@ from lightning_modules.llm2vec_gen.prompts import PromptBuilder
 from lightning_modules.llm2vec_gen.settings import LLM2VecGenSettings
 from lightning_modules.losses.llm2vec_gen import llm2vec_gen_loss
 from lightning_modules.models.embedder import Embedder
-from lightning_modules.models.registry import resolve_model_path, tiny_models_enabled
+from lightning_modules.models.registry import resolve_model_path
 from lightning_modules.settings import SettingsError, settings_arguments
 from retrieval.batching import map_in_length_order
 from retrieval.cache import write_json_atomically
 
 Kind = Literal["query", "document"]
 TEACHER_PREFIX = "teacher."
-TINY_MAX_NEW_TOKENS = 16  # debug=tiny only (LSR_TINY_MODELS=1)
+TINY_MAX_NEW_TOKENS = 16  # debug=tiny only (frozen_lm.tiny)
 
 
 class LLM2VecGenModule(settings_arguments(LLM2VecGenSettings), RetrieverModule):
@@ -56,7 +56,7 @@ class LLM2VecGenModule(settings_arguments(LLM2VecGenSettings), RetrieverModule):
         teacher: :class:`Embedder` arguments of the unsupervised teacher (frozen; reloaded by name, not
             stored in checkpoints). It only ever sees the decoded response text.
         **kwargs: the :class:`LLM2VecGenSettings` fields and the :class:`RetrieverModule` arguments
-            (optimizer, scheduler, nan_policy, eval_*). Under ``debug=tiny`` (``LSR_TINY_MODELS=1``) the
+            (optimizer, scheduler, nan_policy, eval_*). Under ``debug=tiny`` (``frozen_lm.tiny``) the
             response budget is capped at ``TINY_MAX_NEW_TOKENS``: a random tiny LM never emits EOS, and the
             smoke run must stay seconds long.
     """
@@ -76,7 +76,7 @@ class LLM2VecGenModule(settings_arguments(LLM2VecGenSettings), RetrieverModule):
         self.teacher.eval()
         self.num_special_tokens = settings.num_special_tokens
         self.generation_settings = settings.generation_settings(
-            TINY_MAX_NEW_TOKENS if tiny_models_enabled() else None
+            TINY_MAX_NEW_TOKENS if frozen_lm.get("tiny", False) else None
         )
         if self.generation_settings != settings.generation_settings():
             rank_zero_info(f"[llm2vec-gen] debug=tiny: responses capped at {TINY_MAX_NEW_TOKENS} new tokens")
@@ -189,7 +189,11 @@ class LLM2VecGenModule(settings_arguments(LLM2VecGenSettings), RetrieverModule):
         """What identifies the frozen LM's weights for the response cache (resolved folder + dtype)."""
         frozen = self.hparams["frozen_lm"]
         name = frozen["name_or_path"]
-        where = f"{name}/{frozen['gguf_file']}" if frozen.get("gguf_file") else resolve_model_path(name)
+        where = (
+            f"{name}/{frozen['gguf_file']}"
+            if frozen.get("gguf_file")
+            else resolve_model_path(name, frozen.get("tiny", False))
+        )
         return f"{where}|{frozen.get('dtype', 'float32')}"
 
     def prepare_responses(

