@@ -1,52 +1,45 @@
 """Read every run and evaluation under an output root into report rows (``experiments/report.py`` writes
 them out).
 
-Reads each run's ``results.json`` (method, start, label use, budget, dev metrics before/after training),
-its ``eval/step_*.json`` (training-time retrieval evaluation) and ``mteb/step_*.json`` (``MTEBCallback``),
-and ``mteb_eval/mteb_results.json`` (``make eval`` on the run); and standalone ``make eval`` results of
-baseline models, ``<root>/eval/*/mteb_results.json``. Runs of one experiment with different overrides are
+Reads each run's ``results.json`` (method, start, label use, budget, dev metrics before/after training,
+``rag`` of ``callbacks=rag``), its ``eval/step_*.json`` (training-time retrieval evaluation),
+``eval/rag_step_*.json`` (downstream RAG evaluation), ``mteb/step_*.json`` (``MTEBCallback``) and
+``mteb_eval/mteb_results.json`` (``make eval`` on the run); and standalone ``make eval`` results of
+baseline models, ``<root>/eval/*/mteb_results.json``. A ``lab_results/<name>.json`` copy whose run
+directory is gone gives its series from results.json (``experiments/report_rows.py``). Runs of one experiment with different overrides are
 told apart by what differs in their configs.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from experiments.cli import UsageError
+from experiments.report_rows import (
+    METRICS,
+    PRIMARY,
+    Row,
+    eval_dataset_name,
+    eval_records,
+    rag_curve,
+    rag_reference_rows,
+    rag_scores,
+    read_json,
+    run_config,
+    run_directory,
+    step_files,
+    unique_references,
+)
 from experiments.run_dir import flatten as flatten_config
 from experiments.run_dir import label_use_of
 
-METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
-PRIMARY = "ndcg@10"
 MTEB_NAMES = {
     "ndcg_at_10": "ndcg@10",
     "recall_at_10": "recall@10",
     "recall_at_100": "recall@100",
     "mrr_at_10": "mrr@10",
 }
-
-
-@dataclass
-class Row:
-    """One line of the comparison: a start embedder, a baseline model, or a trained run."""
-
-    label: str
-    kind: str  # "start" | "baseline" | "reference" | "run"
-    method: str = ""
-    start: str = ""
-    label_use: str = ""
-    steps: int | None = None
-    seconds_per_step: float | None = None
-    scores: dict[str, dict[str, float]] = field(default_factory=dict)  # dataset -> metric -> value
-    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # dataset -> [(step, nDCG@10)]
-    config: dict[str, Any] = field(default_factory=dict)  # the run's config.yaml, flattened to dotted keys
-    name: str = ""  # the label before disambiguation (method · experiment)
-    references: list[Row] = field(default_factory=list)  # reference rows the run measured (e.g. rerankers)
 
 
 # Config keys that change where or how fast a run goes, not what it computes: never part of a row label.
@@ -134,47 +127,21 @@ def mteb_key(task: str, title_separator: str | None) -> str:
     return f"mteb/{task} (title{title_separator.rstrip()}text)"
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UsageError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
-
-
-def run_config(run_dir: Path) -> dict[str, Any]:
-    config_file = run_dir / "config.yaml"
-    return (yaml.safe_load(config_file.read_text()) or {}) if config_file.exists() else {}
-
-
-def eval_dataset_name(run_dir: Path, split: str | None) -> str:
-    """The training-time eval set's name, ``<data folder or alias>-<split>`` (as MTEB local tasks name it)."""
-    data = run_config(run_dir).get("data") or {}
-    evaluation = data.get("eval") if isinstance(data.get("eval"), dict) else {}  # multi-task data: data.eval
-    source = (
-        "tiny_hotpotqa"
-        if data.get("tiny")
-        else (data.get("hub_name") or data.get("path") or evaluation.get("path") or "eval")
-    )
-    split = split or data.get("eval_split") or "dev"
-    return f"{Path(str(source)).name}-{split}"
-
-
-def step_files(run_dir: Path, folder: str) -> list[dict[str, Any]]:
-    return [read_json(p) for p in sorted((run_dir / folder).glob("step_*.json"))]
-
-
 def collect_run(results_file: Path) -> tuple[Row, Row | None]:
-    """The run's row and its start embedder's row (None when the run has no "before" score)."""
+    """The run's row and its start embedder's row (None when the run has no "before" score). A
+    ``lab_results/<name>.json`` copy reads its run directory while that exists, else what it holds."""
     results = read_json(results_file)
-    run_dir = results_file.parent
     for key in ("experiment", "metrics"):
         if key not in results:
             raise UsageError(
                 f"{results_file}: missing key '{key}' (not a results.json written by experiments.train)"
             )
-    evals = step_files(run_dir, "eval")
-    dataset = eval_dataset_name(run_dir, evals[-1].get("split") if evals else None)
+    run_dir = run_directory(results_file, results)
+    evals = eval_records(run_dir, results)
+    dataset = eval_dataset_name(run_dir, evals[-1].get("split") if evals else None, results)
     row = run_row(results, run_config(run_dir))
+    row.run_dir = str(results.get("run_dir") or results_file.resolve().parent)
+    row.config = row.config or {"file": results_file.name}  # a copy without its run dir: its file name
     after = (results["metrics"] or {}).get("after")
     if after:
         row.scores[dataset] = normalise_metrics(after)
@@ -183,6 +150,7 @@ def collect_run(results_file: Path) -> tuple[Row, Row | None]:
         row.curves[dataset] = curve
     add_mteb_scores(row, run_dir)
     add_rerank_references(row, results.get("rerank") or {}, dataset)
+    add_rag(row, results, run_dir, dataset)
     return row, start_row_of(row, results, run_dir, dataset)
 
 
@@ -205,7 +173,7 @@ def run_row(results: dict[str, Any], stored: dict[str, Any]) -> Row:
     )
 
 
-def add_mteb_scores(row: Row, run_dir: Path) -> None:
+def add_mteb_scores(row: Row, run_dir: Path | None) -> None:
     """MTEB curves and last scores of ``MTEBCallback`` (``mteb/step_*.json``), then ``make eval`` on the run."""
     for record in step_files(run_dir, "mteb"):
         for task, entry in record.get("tasks", {}).items():
@@ -214,8 +182,8 @@ def add_mteb_scores(row: Row, run_dir: Path) -> None:
                 (int(record["step"]), float(entry.get("ndcg_at_10", entry["main_score"])))
             )
             row.scores[key] = normalise_metrics(entry)  # the last step's record wins
-    standalone = run_dir / "mteb_eval" / "mteb_results.json"
-    if standalone.exists():
+    standalone = run_dir / "mteb_eval" / "mteb_results.json" if run_dir is not None else None
+    if standalone is not None and standalone.exists():
         evaluated = read_json(standalone)
         for task, entry in evaluated.get("tasks", {}).items():
             row.scores[mteb_key(task, evaluated.get("title_separator"))] = normalise_metrics(entry)
@@ -240,13 +208,28 @@ def add_rerank_references(row: Row, rerank: dict[str, Any], dataset: str) -> Non
         row.references.append(reference)
 
 
-def start_row_of(row: Row, results: dict[str, Any], run_dir: Path, dataset: str) -> Row | None:
-    """The start embedder's row from the run's "before" scores (and a step-0 MTEB record)."""
+def add_rag(row: Row, results: dict[str, Any], run_dir: Path | None, dataset: str) -> None:
+    """``callbacks=rag``: the last row's rag/* scores, the rag/answer_nll curve and the reference rows."""
+    rag = results.get("rag") or {}
+    if rag.get("after"):
+        row.scores.setdefault(dataset, {}).update(rag_scores(rag["after"]))
+    curve = rag_curve(run_dir, results)
+    if curve:
+        row.rag_curves[dataset] = curve
+    row.rag_references = rag_reference_rows(results, dataset)
+
+
+def start_row_of(row: Row, results: dict[str, Any], run_dir: Path | None, dataset: str) -> Row | None:
+    """The start embedder's row from the run's "before" scores (retrieval, rag at step 0, a step-0 MTEB
+    record)."""
     before = (results["metrics"] or {}).get("before")
     if not before:
         return None
     start = Row(label=f"start: {row.start}", kind="start", start=row.start, label_use="none", steps=0)
-    start.scores[dataset] = normalise_metrics(before)
+    start.scores[dataset] = {
+        **normalise_metrics(before),
+        **rag_scores((results.get("rag") or {}).get("before")),
+    }
     first_mteb = step_files(run_dir, "mteb")[:1]
     if first_mteb and int(first_mteb[0]["step"]) == 0:
         for task, entry in first_mteb[0].get("tasks", {}).items():
@@ -272,36 +255,53 @@ def collect_baseline(results_file: Path) -> Row:
 
 
 def merge_start(rows: list[Row], new: Row) -> None:
-    """Several runs from the same start share one start row (scores of every dataset they saw)."""
+    """Several runs from the same start share one start row (scores of every dataset they saw; a metric
+    one run lacks, e.g. rag/* without callbacks=rag, comes from another)."""
     for row in rows:
         if row.kind == "start" and row.start == new.start:
             for dataset, metrics in new.scores.items():
-                row.scores.setdefault(dataset, metrics)
+                for metric, value in metrics.items():
+                    row.scores.setdefault(dataset, {}).setdefault(metric, value)
             return
     rows.append(new)
 
 
-def collect(output_root: Path, exclude: Path | None = None) -> list[Row]:
-    """All rows under ``output_root``: starts, baselines, then runs (contrastive first)."""
-    starts: list[Row] = []
-    runs: list[Row] = []
+def raw_rows(output_root: Path, exclude: Path | None = None) -> list[Row]:
+    """Each run's row and its start row, and each baseline, under ``output_root`` (unordered)."""
+    rows: list[Row] = []
     for results_file in sorted(output_root.rglob("results.json")):
         if exclude and exclude in results_file.parents:
             continue
-        row, start_row = collect_run(results_file)
-        runs.append(row)
-        if start_row is not None:
-            merge_start(starts, start_row)
-    baselines = [collect_baseline(p) for p in sorted((output_root / "eval").glob("*/mteb_results.json"))]
+        rows += [r for r in collect_run(results_file) if r is not None]
+    rows += [collect_baseline(p) for p in sorted((output_root / "eval").glob("*/mteb_results.json"))]
+    return rows
+
+
+def collect(output_root: Path, exclude: Path | None = None) -> list[Row]:
+    """All rows under ``output_root``: starts, baselines, references, then runs (contrastive first)."""
+    return merge_rows([raw_rows(output_root, exclude)])
+
+
+def merge_rows(groups: list[list[Row]]) -> list[Row]:
+    """Rows of several sources in one order: starts, baselines, references, then runs (contrastive first);
+    a run seen twice (its run dir and a lab_results copy) is kept once."""
+    starts: list[Row] = []
+    for row in (r for group in groups for r in group if r.kind == "start"):
+        merge_start(starts, row)
+    baselines = [r for group in groups for r in group if r.kind == "baseline"]
+    runs: list[Row] = []
+    for row in (r for group in groups for r in group if r.kind == "run"):
+        if not any(row.run_dir and row.run_dir == other.run_dir for other in runs):
+            runs.append(row)
     disambiguate(runs)
     runs.sort(key=lambda r: (r.method != "contrastive", r.label))
     return starts + baselines + references_of(runs) + runs
 
 
 def references_of(runs: list[Row]) -> list[Row]:
-    """The runs' reference rows (e.g. Rabtriever's first stage and teacher reranking), named after their
-    run's (disambiguated) label."""
-    rows = []
+    """The runs' reference rows: the rag rows (no retrieval / BM25 / oracle; once per setting and dataset)
+    and the others (e.g. Rabtriever's first stage and teacher reranking) named after their run's label."""
+    rows = unique_references([reference for run in runs for reference in run.rag_references])
     for run in runs:
         for reference in run.references:
             reference.label = f"{reference.name} ({run.label})"

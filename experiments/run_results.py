@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from callbacks.results import ContributesResults, NeedsResults
 from callbacks.step_timer import StepTimer, peak_memory_mb
+from experiments.report_rows import eval_dataset_name, evaluation_history
 from experiments.run_dir import label_use_of
 from experiments.run_fit import FitOutcome
 from experiments.run_prepare import PreparedRun
@@ -32,6 +33,10 @@ def write_results(run: PreparedRun, outcome: FitOutcome) -> dict[str, Any]:
         "run_dir": str(run.run_dir),
         "budget": budget(run, outcome),
         "metrics": {"before": outcome.before, "after": outcome.after},
+        "eval_set": eval_dataset_name(run.run_dir, None),
+        "eval_history": evaluation_history(
+            run.run_dir
+        ),  # the nDCG@10 curve, for a report without the run dir
         "resumed_from": run.resume_from,
         "resumed_at_step": run.resume_step,
     }

@@ -20,6 +20,7 @@ from callbacks.rag_reader import read
 from callbacks.retrieval_eval import RetrievalEvaluation
 from datamodules.retrieval import RetrievalDataModule
 from experiments.config_check import ConfigError, check_config
+from experiments.report_collect import collect_run
 from lightning_modules.models.frozen_lm import load_frozen_lm
 from retrieval.answers import best_match, exact_match, normalize_answer, token_f1
 from tests.helpers import compose_config, run_experiment
@@ -205,6 +206,18 @@ def test_debug_tiny_run_with_callbacks_rag_writes_rag_results(tmp_path):
     assert [h["step"] for h in rag["history"]] == [0, 1]
     eval_dir = run_dir / "eval"
     assert (eval_dir / "rag_step_000001.json").exists() and (eval_dir / "rag_references.json").exists()
+    # results.json keeps the per-step series, so a lab_results copy still plots once the run dir is gone
+    stored = json.loads((run_dir / "results.json").read_text())
+    assert stored["eval_set"] == "tiny_hotpotqa-dev"
+    assert [h["step"] for h in stored["eval_history"]] == [0, 1] and "ndcg@10" in stored["eval_history"][1]
+    lab_copy = tmp_path / "lab_results" / "default.json"
+    lab_copy.parent.mkdir()
+    lab_copy.write_text(json.dumps({**stored, "run_dir": str(tmp_path / "gone")}))
+    from_dir, _ = collect_run(run_dir / "results.json")
+    from_copy, start = collect_run(lab_copy)
+    assert from_copy.curves == from_dir.curves and from_copy.rag_curves == from_dir.rag_curves
+    assert [s for s, _ in from_copy.rag_curves["tiny_hotpotqa-dev"]] == [0, 1]
+    assert start.scores["tiny_hotpotqa-dev"]["rag/answer_nll"] == rag["before"]["answer_nll"]
 
 
 @pytest.mark.parametrize(
