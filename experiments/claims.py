@@ -7,6 +7,7 @@ says which result file fills each role::
     dream_label_free:
       smollm2: dream_label_free_smollm.json     # a file next to the map (lab_results/), or a path
       minilm: null                             # not run yet → "not measurable here"
+      diagnosis: why it came out this way      # optional text, shown after the rule's reason
 
 The verdict is one of :data:`VERDICTS`, with a reason. The rules, :data:`RULES` (thresholds from the yaml):
 
@@ -68,6 +69,7 @@ class Verdict:
     references: str
     verdict: str
     reason: str
+    diagnosis: str = ""
 
 
 # ---- reading numbers ----------------------------------------------------------------------------------
@@ -273,9 +275,13 @@ def load_definitions(path: Path = DEFINITIONS) -> dict[str, dict[str, Any]]:
     return definitions
 
 
+DIAGNOSIS = "diagnosis"  # a claims-map key per claim that is not a role: the lab's explanation of the verdict
+
+
 def load_claims_map(path: Path, definitions: dict[str, dict[str, Any]]) -> dict[str, dict[str, Path]]:
     """``claim → role → result file`` from a claims map; file names are relative to the map's folder.
-    Unknown claims or roles and listed files that do not exist are errors naming the map and the key."""
+    Unknown claims or roles and listed files that do not exist are errors naming the map and the key.
+    A claim's ``diagnosis`` text is not a role (:func:`load_diagnoses` reads it)."""
     raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, dict):
         raise UsageError(f"{path}: expected a mapping claim id → {{role: result file}}")
@@ -287,6 +293,8 @@ def load_claims_map(path: Path, definitions: dict[str, dict[str, Any]]) -> dict[
             raise UsageError(f"{path}: {claim}: expected {{role: result file}}, got {roles!r}")
         mapped[claim] = {}
         for role, name in roles.items():
+            if role == DIAGNOSIS:
+                continue
             if role not in definitions[claim]["roles"]:
                 known = ", ".join(definitions[claim]["roles"])
                 raise UsageError(f"{path}: {claim}.{role}: unknown role (roles: {known})")
@@ -297,6 +305,16 @@ def load_claims_map(path: Path, definitions: dict[str, dict[str, Any]]) -> dict[
                 raise UsageError(f"{path}: {claim}.{role}: no such file {file}")
             mapped[claim][role] = file
     return mapped
+
+
+def load_diagnoses(path: Path) -> dict[str, str]:
+    """``claim → diagnosis`` text of a claims map (claims without one are left out)."""
+    raw = yaml.safe_load(path.read_text()) or {}
+    return {
+        claim: " ".join(str(roles[DIAGNOSIS]).split())
+        for claim, roles in raw.items()
+        if isinstance(roles, dict) and roles.get(DIAGNOSIS)
+    }
 
 
 def evaluate_claim(claim: str, entry: dict[str, Any], files: dict[str, Path]) -> Verdict:
@@ -325,6 +343,8 @@ def claim_verdicts(
     definitions = load_definitions(definitions_file)
     mapped = load_claims_map(claims_map, definitions)
     verdicts = [evaluate_claim(c, entry, mapped.get(c, {})) for c, entry in definitions.items()]
+    for verdict in verdicts:
+        verdict.diagnosis = load_diagnoses(claims_map).get(verdict.claim, "")
     files = sorted({file.resolve() for roles in mapped.values() for file in roles.values()})
     return verdicts, files
 
@@ -340,14 +360,14 @@ def claims_markdown(verdicts: list[Verdict], claims_map: Path) -> str:
         f"Result files per claim: `{claims_map}`; claims, thresholds and rules: `experiments/lab_claims.yaml` "
         "and `experiments/claims.py`. Verdicts: holds / does not hold at this scale / not measurable here.",
         "",
-        "| claim | paper (abstract) | lab setting | our numbers | reference rows | verdict | reason |",
-        "|---|---|---|---|---|---|---|",
+        "| claim | paper (abstract) | lab setting | our numbers | reference rows | verdict | reason | diagnosis |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for v in verdicts:
         quoted = f"{v.paper}: “{v.quote}”"
         lines.append(
             f"| {v.claim} | {cell(quoted)} | {cell(v.setting)} | {cell(v.numbers)} | "
-            f"{cell(v.references)} | **{v.verdict}** | {cell(v.reason)} |"
+            f"{cell(v.references)} | **{v.verdict}** | {cell(v.reason)} | {cell(v.diagnosis) or '–'} |"
         )
     return "\n".join(lines) + "\n\n"
 
@@ -355,6 +375,10 @@ def claims_markdown(verdicts: list[Verdict], claims_map: Path) -> str:
 def write_claims_csv(verdicts: list[Verdict], path: Path) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["claim", "paper", "setting", "numbers", "references", "verdict", "reason"])
+        writer.writerow(
+            ["claim", "paper", "setting", "numbers", "references", "verdict", "reason", "diagnosis"]
+        )
         for v in verdicts:
-            writer.writerow([v.claim, v.paper, v.setting, v.numbers, v.references, v.verdict, v.reason])
+            writer.writerow(
+                [v.claim, v.paper, v.setting, v.numbers, v.references, v.verdict, v.reason, v.diagnosis]
+            )

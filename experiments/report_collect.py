@@ -165,7 +165,8 @@ def run_row(results: dict[str, Any], stored: dict[str, Any]) -> Row:
         method=method,
         start=str(results.get("start", "?")) + tiny,
         label_use=label_use_of(
-            str(results.get("label_use", "?")).split(" (")[0], {"data": stored.get("data", {})}
+            str(results.get("label_use", "?")).split(" (")[0],
+            {"data": stored.get("data", {}), "model": stored.get("model", {})},
         ),
         steps=budget.get("steps"),
         seconds_per_step=budget.get("seconds_per_step"),

@@ -123,13 +123,39 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def label_use_of(stated: str, config: dict[str, Any]) -> str:
     """The label use an experiment declares (``meta.label_use``), unless the run's config switched labels on
-    for a data set the experiment declares label-free (an override such as ``data.tasks.qa.use_labels=true``
-    on an LLM-supervised run): then the labelled keys are named, so no table calls a label control label-free.
+    where the experiment declares none: a data set's ``use_labels=true`` (an LLM-supervised run made a label
+    control), or LLM-Embedder's ``model.graded_order=positive_first`` (the labelled positive pinned first,
+    the paper's hard labels). Then the labelled keys are named, so no table calls a labelled run label-free.
+    A DREAM run overridden to ``model.candidates=mined`` no longer takes its groups from the dataset.
     """
-    switched = sorted(k for k, v in flatten(config).items() if k.endswith("use_labels") and v is True)
+    flat = flatten(config)
+    switched = [f"{k}=true" for k, v in sorted(flat.items()) if k.endswith("use_labels") and v is True]
+    if flat.get("model.graded_order") == "positive_first" and "model.teacher.reward" in flat:
+        switched.append("model.graded_order=positive_first")
     if switched and stated.lower().startswith("none"):
-        return f"labels ({', '.join(s + '=true' for s in switched)})"
+        return f"labels ({', '.join(switched)})"
+    if flat.get("model.candidates") == "mined" and DATASET_GROUPS in stated:
+        return stated.replace(DATASET_GROUPS, "the candidates are mined from the corpus (no labels)")
     return stated
+
+
+DATASET_GROUPS = "the candidate groups come from the dataset"
+
+
+def candidates_of(stated: str, model: dict[str, Any]) -> str:
+    """The candidates an experiment declares (``meta.candidates``), unless the run switched DREAM to
+    ``model.candidates=mined``: then what was mined, and how (never "the set contains the gold ones")."""
+    if model.get("candidates") != "mined" or "mined" in stated.lower():
+        return stated
+    if model.get("mine_with") == "bm25":
+        miner = "BM25 (once)"
+    else:
+        miner = f"the current embedder (re-mined every {model.get('mine_every_n_steps')} steps)"
+    order = "shuffled each step" if model.get("shuffle_mined", True) else "in the miner's rank order"
+    return (
+        f"top-{model.get('mined_k')} passages of the corpus mined by {miner}, {order}; label-free: the gold "
+        "paragraph is never forced in (model.candidates=mined overrides the experiment's dataset groups)"
+    )
 
 
 def config_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from callbacks.results import ContributesResults, NeedsResults
 from callbacks.step_timer import StepTimer, peak_memory_mb
 from experiments.report_rows import eval_dataset_name, evaluation_history
-from experiments.run_dir import label_use_of
+from experiments.run_dir import candidates_of, label_use_of
 from experiments.run_fit import FitOutcome
 from experiments.run_prepare import PreparedRun
 from lightning_modules.models.registry import is_stage_output, tiny_family_for
@@ -60,9 +60,14 @@ def declared(cfg: DictConfig) -> dict[str, Any]:
     """``meta`` as the experiment states it, with the label use the run's data settings imply and, under
     ``debug=tiny``, the start that ran."""
     meta = OmegaConf.to_container(cfg.meta, resolve=True)
+    data, model = (
+        OmegaConf.to_container(cfg.data, resolve=True),
+        OmegaConf.to_container(cfg.model, resolve=True),
+    )
     if "label_use" in meta:
-        data = OmegaConf.to_container(cfg.data, resolve=True)
-        meta["label_use"] = label_use_of(str(meta["label_use"]), {"data": data})
+        meta["label_use"] = label_use_of(str(meta["label_use"]), {"data": data, "model": model})
+    if "candidates" in meta:
+        meta["candidates"] = candidates_of(str(meta["candidates"]), model)
     if cfg.tiny_models and "start" in meta:
         meta["start"] = f"{tiny_models_of(cfg.model)} (debug=tiny stand-ins for: {meta['start']})"
     return meta

@@ -88,6 +88,7 @@ def lab(tmp_path: Path) -> Path:
         },
         "rabtriever_student": {"run": None},
     }
+    files["llm_embedder_rag"]["diagnosis"] = "the 135M teacher ranks below MiniLM"
     (folder / "claims.yaml").write_text(yaml.safe_dump(files))
     return folder / "claims.yaml"
 
@@ -101,6 +102,8 @@ def test_claims_table_gives_each_claim_its_verdict_by_the_rule(tmp_path):
     assert llme.verdict == "does not hold at this scale"
     assert llme.reason == "minilm: EM not ≥ 0.01 above the start's; minilm: EM not ≥ 0.01 above contrastive's"
     assert "oracle (gold paragraphs) NLL 1.500 EM 0.40" in llme.references
+    assert llme.diagnosis == "the 135M teacher ranks below MiniLM"
+    assert by_claim["dream_label_free"].diagnosis == ""
     assert by_claim["llm2vec_gen_teacher"].verdict == "not measurable here"
     assert "not unsupervised (label use: labels (MSMARCO))" in by_claim["llm2vec_gen_teacher"].reason
     assert by_claim["rabtriever_student"].verdict == "not measurable here"
@@ -131,6 +134,7 @@ def test_report_leads_with_claims_and_plots_curves_of_runs_without_run_dirs(tmp_
     assert curve_panels(rows) == [("ndcg@10", "hotpotqa-dev"), ("rag/answer_nll", "hotpotqa-dev")]
     assert paths["curves"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "holds" in paths["claims_csv"].read_text()
+    assert "| the 135M teacher ranks below MiniLM |" in text
 
 
 def test_a_claims_map_naming_an_unknown_role_is_one_error_line(tmp_path, capsys):

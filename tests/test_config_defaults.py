@@ -12,7 +12,9 @@ The reference is every ``exp=<name>`` and ``exp=<name> debug=tiny`` composed and
 - issue 16 made the cluster recipes the papers' experiments: the keys of :data:`PAPER_RECIPE_CHANGES` changed
   on purpose, and ``tests/test_paper_recipes.py`` checks their new values.
 - ``callbacks.retrieval_eval`` gained ``index_dtype`` (float16) and ``cache_encodings`` (true): the evaluation
-  that scales (per-rank half-precision shards, the start's encodings cached; docs/evaluation.md).
+  that scales (per-rank half-precision shards, the start's encodings cached; docs/evaluation.md);
+- the memory plan (``make plan``, issue 15) added chunking/checkpointing options and turned them on in the
+  cluster recipes, with a last.ckpt every 200 steps there.
 """
 
 from __future__ import annotations
@@ -48,6 +50,15 @@ DREAM_RECIPE_CHANGES = (
     "model.mine_with",
     "model.mined_k",
     "model.embedder.append_eos",
+    "model.embedder.gradient_checkpointing",  # the memory plan (make plan): chunked, checkpointed embedder
+    "model.encode_chunk_size",
+)
+LLM2VEC_GEN_RECIPE_CHANGES = (
+    "data.",
+    "callbacks.",
+    "model.scheduler.",
+    "model.loss_chunk_size",  # the memory plan (make plan)
+    "model.frozen_lm_checkpointing",
 )
 PAPER_RECIPE_CHANGES = {  # experiment: config key prefixes changed by issue 16
     "llm_embedder_base": (
@@ -61,10 +72,18 @@ PAPER_RECIPE_CHANGES = {  # experiment: config key prefixes changed by issue 16
     "dream_0.5b": DREAM_RECIPE_CHANGES,
     "dream_1b": DREAM_RECIPE_CHANGES,
     "dream_3b": DREAM_RECIPE_CHANGES,
-    "llm2vec_gen_qwen2.5_1.5b": ("data.", "callbacks.", "model.scheduler."),
-    "llm2vec_gen_qwen3_0.6b": ("data.", "callbacks.", "model.scheduler."),
+    "llm2vec_gen_qwen2.5_1.5b": LLM2VEC_GEN_RECIPE_CHANGES,
+    "llm2vec_gen_qwen3_0.6b": LLM2VEC_GEN_RECIPE_CHANGES,
+    "rabtriever_qwen2_7b": ("callbacks.resume_checkpoint.every_n_train_steps",),  # cluster cadence (make plan)
 }
-NEW_KEYS = ("model.shuffle_mined", "model.prepend_bos", "model.num_pooled_tokens")  # issue 16's new options
+NEW_KEYS = (  # options added since: issue 16's recipe options, the memory plan's chunking/checkpointing
+    "model.shuffle_mined",
+    "model.prepend_bos",
+    "model.num_pooled_tokens",
+    "model.encode_chunk_size",
+    "model.loss_chunk_size",
+    "model.frozen_lm_checkpointing",
+)
 CHECKPOINT_IO = [{"_target_": "lightning_modules.checkpoint_io.AtomicCheckpointIO"}]
 
 

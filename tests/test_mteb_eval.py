@@ -35,8 +35,13 @@ METRIC_PAIRS = {
 
 def foundation_metrics(module: RetrieverModule, datamodule: RetrievalDataModule) -> dict[str, float]:
     """What the training-time RetrievalEvaluation callback computes on this module and data."""
-    trainer = SimpleNamespace(datamodule=datamodule, world_size=1, global_rank=0, strategy=None)
-    return RetrievalEvaluation(show_progress=False).evaluate(trainer, module)["metrics"]
+    single = SimpleNamespace(root_device=torch.device("cpu"))  # one process: the search runs on CPU
+    trainer = SimpleNamespace(
+        datamodule=datamodule, world_size=1, global_rank=0, strategy=single, global_step=0
+    )
+    return RetrievalEvaluation(show_progress=False, cache_encodings=False).evaluate(trainer, module)[
+        "metrics"
+    ]
 
 
 def assert_same_scores(ours: dict[str, float], theirs: dict[str, float]) -> None:

@@ -186,6 +186,36 @@ def test_label_use_names_labels_switched_on_in_a_label_free_experiment():
     assert label_use_of("relevance labels (InfoNCE)", labelled) == "relevance labels (InfoNCE)"
 
 
+@pytest.mark.parametrize(
+    ("overrides", "label_use", "candidates"),
+    [
+        ([], "none in the loss", "HotpotQA candidate paragraphs"),
+        (["model.candidates=mined", "model.mine_with=bm25"], "none in the loss", "top-5 passages"),
+    ],
+)
+def test_results_declare_what_the_run_did_not_what_the_experiment_file_says(overrides, label_use, candidates):
+    """A mined DREAM run must not claim dataset groups that contain the gold paragraph (issue 17)."""
+    from experiments.claims import GOLD_IN_CANDIDATES
+    from experiments.run_results import declared
+    from tests.helpers import compose_config
+
+    meta = declared(compose_config(["exp=dream_tiny_minilm", *overrides]))
+    assert meta["label_use"].startswith(label_use) and meta["candidates"].startswith(candidates)
+    mined = bool(overrides)
+    assert bool(GOLD_IN_CANDIDATES.search(meta["candidates"])) is not mined
+    assert ("mined by BM25 (once), shuffled each step" in meta["candidates"]) is mined
+    assert ("the candidates are mined from the corpus (no labels)" in meta["label_use"]) is mined
+
+
+def test_llm_embedder_with_the_papers_hard_labels_is_not_called_label_free():
+    from experiments.run_results import declared
+    from tests.helpers import compose_config
+
+    assert declared(compose_config(["exp=llm_embedder_tiny"]))["label_use"].startswith("none in the qa loss")
+    paper = declared(compose_config(["exp=llm_embedder_tiny", "model.graded_order=positive_first"]))
+    assert paper["label_use"] == "labels (model.graded_order=positive_first)"
+
+
 def test_report_shows_a_label_control_run_as_label_use(tmp_path):
     data = {"path": "hotpotqa", "eval_split": "dev", "tasks": {"qa": {"use_labels": True}}}
     fake_run(tmp_path, "llm_embedder_tiny", "llm_embedder", [(0, 0.68), (60, 0.80)], config={"data": data})

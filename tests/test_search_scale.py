@@ -65,13 +65,14 @@ def test_per_rank_shards_merge_to_the_single_index_search():
 def test_a_bad_index_dtype_stops_at_the_config_check():
     from omegaconf import OmegaConf
 
-    from experiments.config_check import ConfigError, check_target_section
+    from callbacks.retrieval_eval import RetrievalEvaluation
+    from experiments.config_check import ConfigError, check_arguments_hook
 
     node = OmegaConf.create(
         {"_target_": "callbacks.retrieval_eval.RetrievalEvaluation", "index_dtype": "float8"}
     )
     with pytest.raises(ConfigError, match="callbacks.retrieval_eval: unknown index_dtype 'float8'"):
-        check_target_section("callbacks.retrieval_eval", node)
+        check_arguments_hook("callbacks.retrieval_eval", node, RetrievalEvaluation)
 
 
 def test_a_float16_index_refuses_values_beyond_its_range():
