@@ -74,7 +74,9 @@ PAPER_RECIPE_CHANGES = {  # experiment: config key prefixes changed by issue 16
     "dream_3b": DREAM_RECIPE_CHANGES,
     "llm2vec_gen_qwen2.5_1.5b": LLM2VEC_GEN_RECIPE_CHANGES,
     "llm2vec_gen_qwen3_0.6b": LLM2VEC_GEN_RECIPE_CHANGES,
-    "rabtriever_qwen2_7b": ("callbacks.resume_checkpoint.every_n_train_steps",),  # cluster cadence (make plan)
+    "rabtriever_qwen2_7b": (
+        "callbacks.resume_checkpoint.every_n_train_steps",
+    ),  # cluster cadence (make plan)
 }
 NEW_KEYS = (  # options added since: issue 16's recipe options, the memory plan's chunking/checkpointing
     "model.shuffle_mined",
