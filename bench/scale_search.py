@@ -133,7 +133,7 @@ def projected_gib(documents: int, dim: int, world: int, k: int, queries: int = 1
     }
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--documents", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=768)
@@ -147,14 +147,26 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--variant", default=None, help=argparse.SUPPRESS)  # one variant, in a child process
     parser.add_argument("--ranking", type=Path, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def run_in_child(variant: str, args: argparse.Namespace, rankings: Path) -> tuple[dict | None, str]:
+    """One variant in its own process (its peak RSS is its own): ``(record, "")`` or ``(None, stderr)``."""
+    command = [sys.executable, "-m", "bench.scale_search", f"--variant={variant}"]
+    command += [f"--ranking={rankings / variant}.pt", f"--documents={args.documents}", f"--dim={args.dim}"]
+    command += [f"--queries={args.queries}", f"--k={args.k}", f"--threads={args.threads}"]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return None, done.stderr[-1500:]
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "threads": args.threads}, ""
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_arguments(argv)
     torch.set_num_threads(args.threads)
     if args.variant:
-        print(
-            json.dumps(
-                run_variant(args.variant, args.documents, args.dim, args.queries, args.k, args.ranking)
-            )
-        )
+        record = run_variant(args.variant, args.documents, args.dim, args.queries, args.k, args.ranking)
+        print(json.dumps(record))
         return
     rankings = Path(f"/tmp/lsr-bench-scale-{args.documents}")
     rankings.mkdir(exist_ok=True)
@@ -164,21 +176,12 @@ def main(argv: list[str] | None = None) -> None:
         record.setdefault("threads", previous.get("threads"))
     for variant in args.variants.split(","):
         print(f"[scale_search] {variant} ...", flush=True)
-        command = [
-            sys.executable,
-            "-m",
-            "bench.scale_search",
-            f"--variant={variant}",
-            f"--ranking={rankings / variant}.pt",
-        ]
-        command += [f"--documents={args.documents}", f"--dim={args.dim}", f"--queries={args.queries}"]
-        command += [f"--k={args.k}", f"--threads={args.threads}"]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            failed[variant] = done.stderr[-1500:]
-            print(done.stderr[-1500:], flush=True)
+        record, error = run_in_child(variant, args, rankings)
+        if record is None:
+            failed[variant] = error
+            print(error, flush=True)
             continue
-        runs[variant] = {**json.loads(done.stdout.strip().splitlines()[-1]), "threads": args.threads}
+        runs[variant] = record
         failed.pop(variant, None)
         print(f"[scale_search]   {runs[variant]}", flush=True)
     if "before" in runs:
@@ -187,10 +190,7 @@ def main(argv: list[str] | None = None) -> None:
             runs[variant]["vs_before"] = agreement(reference, torch.load(rankings / f"{variant}.pt"))
     payload = {
         "machine": machine_info(),
-        "documents": args.documents,
-        "dim": args.dim,
-        "queries": args.queries,
-        "k": args.k,
+        **{key: getattr(args, key) for key in ("documents", "dim", "queries", "k")},
         "runs": runs,
         "failed": failed,
         "projected_per_rank_msmarco_8.8M_world_8": {

@@ -12,6 +12,12 @@ forward passes (FSDP's collectives never wait on a rank that has stopped). Under
 through the wrapped model's ``forward`` so the sharded parameters are gathered. The start's corpus
 encodings are cached (``callbacks/encoding_cache.py``). A module's own ``retrieve()`` hook runs on the
 whole corpus on every rank.
+
+``training_corpus_size``: evaluations during training (after step 0, before the last step) search a fixed
+sub-corpus of that many documents (every document judged for the evaluation queries plus a seeded draw of
+the rest; ``RetrievalCorpus.subsample``); the start, the final step and ``trainer.validate`` search the
+whole corpus. null (default): always the whole corpus. The record says which (``num_documents``,
+``corpus``); subsampled scores are higher than full-corpus ones and are not comparable with them.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
 from callbacks.encoding_cache import encodings_path
@@ -50,7 +57,10 @@ class RetrievalEvaluation(L.Callback):
         show_progress: bool = True,
         index_dtype: str = "float16",
         cache_encodings: bool = True,
+        training_corpus_size: int | None = None,
     ):
+        if training_corpus_size is not None and training_corpus_size < 1:
+            raise ValueError(f"training_corpus_size must be >= 1 or null, got {training_corpus_size}")
         index_dtype_of(index_dtype)  # an unknown dtype fails at construction, not at the first evaluation
         self.top_k = top_k
         self.cache_untrained = cache_untrained
@@ -58,12 +68,25 @@ class RetrievalEvaluation(L.Callback):
         self.show_progress = show_progress
         self.index_dtype = index_dtype
         self.cache_encodings = cache_encodings
+        self.training_corpus_size = training_corpus_size
         self.history: list[dict[str, Any]] = []
 
     @classmethod
-    def check_arguments(cls, index_dtype: str = "float16", **_: Any) -> None:
-        """The config check's hook: a bad ``index_dtype`` stops the run before any model loads."""
+    def check_arguments(
+        cls, index_dtype: str = "float16", training_corpus_size: int | None = None, **_: Any
+    ) -> None:
+        """The config check's hook: a bad ``index_dtype`` or corpus size stops the run before any model loads."""
         index_dtype_of(index_dtype)
+        if training_corpus_size is not None and training_corpus_size < 1:
+            raise ValueError(f"training_corpus_size must be >= 1 or null, got {training_corpus_size}")
+
+    def subsamples_at(self, trainer: L.Trainer) -> bool:
+        """Whether this evaluation searches the training-time sub-corpus: inside ``fit``, after step 0 and
+        before the last step (``max_steps``)."""
+        if self.training_corpus_size is None or trainer.state.fn != TrainerFn.FITTING:
+            return False
+        last = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else float("inf")
+        return 0 < trainer.global_step < last
 
     @property
     def last(self) -> dict[str, Any] | None:
@@ -104,6 +127,10 @@ class RetrievalEvaluation(L.Callback):
         corpus = datamodule.load_corpus()
         queries = datamodule.eval_queries()
         qrels = {q.query_id: corpus.qrels[datamodule.eval_split][q.query_id] for q in queries}
+        subsample = self.subsamples_at(trainer)
+        if subsample:
+            ids = [q.query_id for q in queries]
+            corpus = corpus.subsample(datamodule.eval_split, ids, self.training_corpus_size)
         doc_ids = corpus.doc_ids
         start = time.perf_counter()
         show = self.show_progress and trainer.is_global_zero
@@ -131,6 +158,7 @@ class RetrievalEvaluation(L.Callback):
             "seconds": seconds,
             "num_queries": len(queries),
             "num_documents": len(doc_ids),
+            "corpus": "training subsample" if subsample else "full",
             "split": datamodule.eval_split,
         }
 

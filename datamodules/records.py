@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import random
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -90,3 +91,12 @@ class RetrievalCorpus:
     @property
     def doc_ids(self) -> list[str]:
         return list(self.corpus)
+
+    def subsample(self, split: str, query_ids: list[str], size: int, seed: int = 0) -> RetrievalCorpus:
+        """A fixed sub-corpus for cheap evaluations during training: every document judged for
+        ``query_ids`` in ``split`` (so no relevant document is lost) plus a seeded random draw of the
+        others up to ``size`` documents, in corpus order. The same arguments give the same sub-corpus."""
+        judged = {doc for qid in query_ids for doc in self.qrels[split].get(qid, {}) if doc in self.corpus}
+        others = [doc for doc in self.corpus if doc not in judged]
+        keep = judged | set(random.Random(seed).sample(others, max(0, min(len(others), size - len(judged)))))
+        return replace(self, corpus={doc: text for doc, text in self.corpus.items() if doc in keep})

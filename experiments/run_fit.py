@@ -113,12 +113,18 @@ def restores_data_order(run: PreparedRun) -> bool:
 def evaluate_trained(
     run: PreparedRun, trainer: L.Trainer, model: L.LightningModule, evaluation: RetrievalEvaluation | None
 ) -> dict[str, Any] | None:
-    """The dev metrics at the final step: from training's last evaluation, from disk when a finished run
-    is re-run (evaluated and logged already: not again), else by evaluating now."""
+    """The dev metrics at the final step: from training's last evaluation (unless it searched the training
+    sub-corpus), from disk when a finished run is re-run (evaluated and logged already: not again), else by
+    evaluating now (the whole corpus)."""
     if evaluation is None:
         return None
-    if evaluation.last is not None and evaluation.last["step"] == trainer.global_step:
-        return evaluation.last["metrics"]
+    last = evaluation.last
+    if (
+        last is not None
+        and last["step"] == trainer.global_step
+        and last.get("corpus") != "training subsample"
+    ):
+        return last["metrics"]
     if run.resume_step == trainer.global_step:
         stored = stored_metrics(run.run_dir, trainer.global_step)
         if stored is not None:

@@ -12,7 +12,8 @@ The reference is every ``exp=<name>`` and ``exp=<name> debug=tiny`` composed and
 - issue 16 made the cluster recipes the papers' experiments: the keys of :data:`PAPER_RECIPE_CHANGES` changed
   on purpose, and ``tests/test_paper_recipes.py`` checks their new values.
 - ``callbacks.retrieval_eval`` gained ``index_dtype`` (float16) and ``cache_encodings`` (true): the evaluation
-  that scales (per-rank half-precision shards, the start's encodings cached; docs/evaluation.md);
+  that scales (per-rank half-precision shards, the start's encodings cached; docs/evaluation.md), and
+  ``training_corpus_size`` (null: the whole corpus at every evaluation, as before);
 - the memory plan (``make plan``, issue 15) added chunking/checkpointing options and turned them on in the
   cluster recipes, with a last.ckpt every 200 steps there.
 """
@@ -112,6 +113,7 @@ def undo_deliberate_changes(config: dict[str, Any]) -> dict[str, Any]:
     evaluation = config["callbacks"].get("retrieval_eval")
     if evaluation is not None:
         assert (evaluation.pop("index_dtype"), evaluation.pop("cache_encodings")) == ("float16", True)
+        assert evaluation.pop("training_corpus_size") is None
     config["model"]["_target_"] = RENAMED_MODULES[config["model"]["_target_"]]
     return config
 

@@ -36,6 +36,25 @@ def test_chunked_candidates_trade_kept_activations_for_a_recomputed_chunk():
     assert chunked["activations"] < plain["activations"] / 2
 
 
+CLUSTER_RECIPES = (
+    "dream_0.5b",
+    "dream_1b",
+    "dream_3b",
+    "llm_embedder_base",
+    "llm2vec_gen_qwen3_0.6b",
+    "llm2vec_gen_qwen2.5_1.5b",
+    "rabtriever_qwen2_7b",
+)
+
+
+@pytest.mark.parametrize("experiment", CLUSTER_RECIPES)
+def test_every_cluster_recipe_plans_under_the_limit_with_its_defaults(experiment):
+    """The full-size recipe on its own GPU count (``make plan-all``), counted on meta: ≤ 70 GiB per GPU."""
+    plan = plan_recipe(experiment, None, "ddp", [])
+    assert plan["fits"], plan["per_gpu_gib"]
+    assert plan["per_gpu_gib"]["peak"] > plan["per_gpu_gib"]["parameters"] > 0
+
+
 def test_a_recipe_plan_and_a_bad_experiment(capsys):
     assert main(["rabtriever_qwen2_7b", "--gpus", "1"]) == 0
     out = capsys.readouterr().out

@@ -208,16 +208,14 @@ def generate_responses(
     model.eval()
     generated: dict[str, Response] = {}
     for number, batch_keys in enumerate(tqdm(mine, desc="generate responses", disable=not show_progress)):
-        outputs = greedy_generate(
-            model, tokenizer, [prompts[first_index[k]] for k in batch_keys], settings.max_new_tokens, synced
-        )
-        if number >= real:
-            continue  # padding: keeps the number of generate calls equal across ranks
-        fresh = dict(zip(batch_keys, outputs))
-        cache.store(fresh, {k: queries[first_index[k]] for k in batch_keys})
-        generated.update(fresh)
-        if on_batch is not None:
-            on_batch(number)
+        batch_prompts = [prompts[first_index[k]] for k in batch_keys]
+        outputs = greedy_generate(model, tokenizer, batch_prompts, settings.max_new_tokens, synced)
+        if number < real:  # the rest is padding: keeps the number of generate calls equal across ranks
+            fresh = dict(zip(batch_keys, outputs))
+            cache.store(fresh, {k: queries[first_index[k]] for k in batch_keys})
+            generated.update(fresh)
+            if on_batch is not None:
+                on_batch(number)
     model.train(was_training)
     have.update(generated)
     if world_size() > 1:
