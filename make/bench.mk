@@ -1,4 +1,4 @@
-# Benchmarks (issue 9, docs/performance.md): throughput, memory and FLOPs utilisation against the machine's own ceiling.
+# Benchmarks (docs/performance.md): throughput, memory and FLOPs utilisation against the machine's own ceiling.
 BENCH_ARGS ?=
 
 .PHONY: bench bench-quick

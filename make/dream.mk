@@ -1,4 +1,4 @@
-# DREAM (issue 3): train a retriever through selected attention heads of a frozen LM.
+# DREAM: train a retriever through selected attention heads of a frozen LM.
 DREAM_EXP ?= dream_tiny
 
 .PHONY: dream-train dream-smoke test-dream

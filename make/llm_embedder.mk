@@ -1,4 +1,4 @@
-# LLM-Embedder (issue 4): teacher scoring once, then training runs that read the score cache.
+# LLM-Embedder: teacher scoring once, then training runs that read the score cache.
 LLME_EXP ?= llm_embedder_tiny
 
 .PHONY: llm-embedder-score llm-embedder-agreement llm-embedder-train llm-embedder-smoke test-llm-embedder

@@ -1,4 +1,4 @@
-# Rabtriever (issue 6): cost benchmark of the student (stored Z_d + predictor) against the teacher reranker.
+# Rabtriever: cost benchmark of the student (stored Z_d + predictor) against the teacher reranker.
 .PHONY: bench-rabtriever bench-rabtriever-tiny
 
 bench-rabtriever: install ## Rabtriever per-query cost vs stored docs and doc length -> bench/results/rabtriever_cost.json

@@ -35,14 +35,23 @@ def reconstruction_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch
 
     Example: one token with ``logits = [0, 0]`` and target 0 gives ``log 2``.
     """
-    if logits.ndim != 3 or targets.shape != logits.shape[:2] or mask.shape != targets.shape:
+    mask = response_mask(logits, targets, mask, "reconstruction_loss expects logits [B, T, V]")
+    return token_nll(logits, targets, mask).sum() / mask.sum()
+
+
+def response_mask(
+    scores: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, expects: str
+) -> torch.Tensor:
+    """``mask`` as bool after checking ``scores [B, T, ·]``, ``targets [B, T]``, ``mask [B, T]`` and that
+    some response token is there (``expects`` leads the shape error)."""
+    if scores.ndim != 3 or targets.shape != scores.shape[:2] or mask.shape != targets.shape:
         raise ValueError(
-            f"reconstruction_loss expects logits [B, T, V], targets [B, T], mask [B, T]; got "
-            f"{tuple(logits.shape)}, {tuple(targets.shape)}, {tuple(mask.shape)}"
+            f"{expects}, targets [B, T], mask [B, T]; got "
+            f"{tuple(scores.shape)}, {tuple(targets.shape)}, {tuple(mask.shape)}"
         )
     mask = mask.bool()
     require_response_tokens(mask)
-    return token_nll(logits, targets, mask).sum() / mask.sum()
+    return mask
 
 
 def chunked_reconstruction_loss(
@@ -69,13 +78,7 @@ def chunked_reconstruction_loss(
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if hidden.ndim != 3 or targets.shape != hidden.shape[:2] or mask.shape != targets.shape:
-        raise ValueError(
-            f"chunked_reconstruction_loss expects hidden [B, T, H], targets [B, T], mask [B, T]; got "
-            f"{tuple(hidden.shape)}, {tuple(targets.shape)}, {tuple(mask.shape)}"
-        )
-    mask = mask.bool()
-    require_response_tokens(mask)
+    mask = response_mask(hidden, targets, mask, "chunked_reconstruction_loss expects hidden [B, T, H]")
 
     def chunk_nll(
         states: torch.Tensor, chunk_targets: torch.Tensor, chunk_mask: torch.Tensor
