@@ -60,6 +60,7 @@ LLM2VEC_GEN_RECIPE_CHANGES = (
     "model.scheduler.",
     "model.loss_chunk_size",  # the memory plan (make plan)
     "model.frozen_lm_checkpointing",
+    "model.student_prompt",  # issue 16: the raw question, as the reference trains
 )
 PAPER_RECIPE_CHANGES = {  # experiment: config key prefixes changed by issue 16
     "llm_embedder_base": (
@@ -86,6 +87,7 @@ NEW_KEYS = (  # options added since: issue 16's recipe options, the memory plan'
     "model.encode_chunk_size",
     "model.loss_chunk_size",
     "model.frozen_lm_checkpointing",
+    "model.student_prompt",
 )
 CHECKPOINT_IO = [{"_target_": "lightning_modules.checkpoint_io.AtomicCheckpointIO"}]
 

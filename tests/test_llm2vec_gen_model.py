@@ -257,3 +257,24 @@ def test_a_preparer_made_before_the_responses_exist_still_sees_them(tmp_path, mo
     )
     with pytest.raises(KeyError, match="no cached response"):
         preparer(RetrievalBatch(["c"], ["new"], [[]], [[]], torch.empty(1, 0, dtype=torch.long)))
+
+
+def test_a_raw_student_prompt_embeds_the_text_alone_at_training_and_evaluation():
+    """student_prompt=raw (the reference's training input): BOS + the text, no template, no instruction;
+    the responses are still generated from the chat prompt with the query instruction."""
+    chat, raw = build_module(), build_module(student_prompt="raw")
+    tokenizer = raw.frozen_lm.tokenizer
+    text = "who wrote the song"
+    ids = raw.prompt_tokens([text], "query").input_ids[0].tolist()
+    body = tokenizer(text, add_special_tokens=False)["input_ids"]
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    assert ids == bos + body
+    instruction = tokenizer(chat.settings.query_instruction, add_special_tokens=False)["input_ids"]
+    assert len(chat.prompt_tokens([text], "query").input_ids[0]) >= len(bos + body) + len(instruction) - 1
+    assert raw.batch_preparer().instruction == "" and chat.batch_preparer().instruction != ""
+    assert raw.generation_settings == chat.generation_settings  # the same responses (and cache key)
+    response = Response(text="a short answer", num_tokens=3, finished=True)
+    targets = torch.zeros(1, raw.teacher.dim)
+    losses = raw.losses([text], [response], targets)
+    losses["loss"].backward()
+    assert raw.special_tokens.grad is not None and raw.special_tokens.grad.abs().sum() > 0

@@ -68,7 +68,17 @@ def test_llm2vec_gen_recipes_follow_the_reference_tokens_schedule_and_data(name,
     cfg = recipe(name, monkeypatch)
     model = cfg["model"]
     assert (model["num_special_tokens"], model["num_pooled_tokens"]) == (10, 10)  # the reference's V2
+    assert model["student_prompt"] == "raw"  # the reference's training input: the raw question
     assert model["scheduler"]["kind"] == "linear" and model["scheduler"]["warmup_steps"] == 100
     assert model["scheduler"]["total_steps"] == 20000 and cfg["trainer"]["max_steps"] == 5000
     assert cfg["data"]["queries"] == "tulu" and cfg["data"]["max_train_queries"] == 160000
     assert cfg["callbacks"]["mteb"]["final_tasks"] == ["mteb_eng_v2_retrieval"]
+
+
+def test_rabtriever_recipe_distils_a_trained_reranker_on_policy_with_a_vocabulary_kl(monkeypatch):
+    cfg = recipe("rabtriever_qwen2_7b", monkeypatch)
+    model = cfg["model"]
+    assert model["on_policy_top_m"] == 4  # the abstract: on-policy distillation
+    assert model["kl_over"] == "vocabulary"  # "reverse KL of LLM logits"
+    assert "reranker_sft" in cfg["stages"]  # the teacher is trained first (the paper's first stage)
+    assert "reranker_sft" in model["frozen_lm"]["name_or_path"]  # ... and is the frozen LM

@@ -87,7 +87,11 @@ class LLM2VecGenModule(settings_arguments(LLM2VecGenSettings), RetrieverModule):
             rank_zero_info(f"[llm2vec-gen] debug=tiny: responses capped at {TINY_MAX_NEW_TOKENS} new tokens")
         tokenizer = self.frozen_lm.tokenizer
         self.prompt_builders = {
-            kind: PromptBuilder(tokenizer, settings.use_chat_template, settings.max_text_tokens(kind))
+            kind: PromptBuilder(
+                tokenizer,
+                settings.use_chat_template and settings.student_prompt == "chat",
+                settings.max_text_tokens(kind),
+            )
             for kind in ("query", "document")
         }
         self.eos_id = end_of_response_ids(tokenizer, self.frozen_lm.model)[0]
@@ -201,7 +205,7 @@ class LLM2VecGenModule(settings_arguments(LLM2VecGenSettings), RetrieverModule):
     def batch_preparer(self) -> LLM2VecGenBatchPreparer:
         return LLM2VecGenBatchPreparer(
             self.prompt_builders["query"],
-            self.settings.query_instruction,
+            self.settings.instruction("query"),
             self.settings.max_response_tokens,
             self.eos_id,
             self.responses,

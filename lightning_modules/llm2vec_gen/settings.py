@@ -24,6 +24,10 @@ class LLM2VecGenSettings(Settings):
         query_instruction / document_instruction: prefixes inside the user turn (the query one is also the
             generation prompt, so the special tokens sit exactly where the response would start).
         use_chat_template: wrap prompts in the LM's chat template when it has one.
+        student_prompt: what the special tokens follow when a text is embedded (training and evaluation):
+            ``chat`` (the chat template with the instruction, as the responses were generated) or ``raw``
+            (the text alone after BOS: no template, no instruction; the reference's training input). The
+            responses are generated with ``use_chat_template`` and the query instruction either way.
         max_query_tokens / max_document_tokens: truncation of ``instruction + text``.
         max_response_tokens: response tokens reconstructed (the EOS token is appended when the LM stopped).
         reconstruction_weight / alignment_weight: loss weights (reference: 1.0 / 1.0).
@@ -45,6 +49,7 @@ class LLM2VecGenSettings(Settings):
     query_instruction: str = DEFAULT_QUERY_INSTRUCTION
     document_instruction: str = DEFAULT_DOCUMENT_INSTRUCTION
     use_chat_template: bool = True
+    student_prompt: Literal["chat", "raw"] = "chat"
     max_query_tokens: int = 64
     reconstruction_init: Literal["identity", "random"] = "identity"
     max_document_tokens: int = 128
@@ -80,6 +85,9 @@ class LLM2VecGenSettings(Settings):
         return self.num_pooled_tokens or self.num_special_tokens
 
     def instruction(self, kind: str) -> str:
+        """The instruction before an embedded text (none for ``student_prompt: raw``)."""
+        if self.student_prompt == "raw":
+            return ""
         return self.query_instruction if kind == "query" else self.document_instruction
 
     def max_text_tokens(self, kind: str) -> int:
