@@ -4,7 +4,8 @@ The old policy dropped only the frozen LM (``frozen_lm.*``) from a checkpoint's 
 embedder's frozen base was written at every save; the current one (``RetrieverModule.on_save_checkpoint``)
 keeps the trained parameters only. Both files hold the same optimizer state, loops and callbacks: one real
 step is trained, ``trainer.save_checkpoint`` writes the current file, and the same checkpoint with the old
-state dict is written next to it.
+state dict is written next to it. Each is then saved again through the run's checkpoint IO
+(``AtomicCheckpointIO``: temporary file, fsync, rename) and timed: seconds per save, median of 3.
 
 ``python -m bench.checkpoint_bytes [--experiment contrastive_tiny_smollm] [--out bench/results/checkpoint_bytes.json]``
 """
@@ -14,25 +15,37 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bench.train_step import compose_experiment
-
 RESULTS = Path(__file__).resolve().parent / "results" / "checkpoint_bytes.json"
 OVERRIDES = ("data.batch_size=2", "data.group_size=2", "trainer.max_steps=1", "trainer.precision=32-true")
+
+
+def seconds_per_save(checkpoint: dict[str, Any], path: Path, repeats: int = 3) -> float:
+    """Median wall seconds of one save through the atomic checkpoint IO (fsync included)."""
+    from lightning_modules.checkpoint_io import AtomicCheckpointIO
+
+    io, times = AtomicCheckpointIO(), []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        io.save_checkpoint(checkpoint, path)
+        times.append(time.perf_counter() - start)
+    return round(sorted(times)[len(times) // 2], 3)
 
 
 def measure(experiment: str, workdir: Path) -> dict[str, Any]:
     import lightning as L
     from hydra.utils import instantiate
 
-    from experiments.train import prepare_environment
+    from bench.train_step import compose_experiment
+    from experiments.cli import prepare_process
 
     cfg = compose_experiment(experiment, OVERRIDES, str(workdir))
-    prepare_environment(cfg)
+    prepare_process(bool(cfg.offline), cfg.threads)
     L.seed_everything(cfg.seed, verbose=False)
     datamodule = instantiate(cfg.data, _convert_="all")
     module = instantiate(cfg.model, _convert_="all")
@@ -50,6 +63,8 @@ def measure(experiment: str, workdir: Path) -> dict[str, Any]:
     old = workdir / "old_policy.ckpt"
     torch.save(checkpoint, old)
     trained = [p for p in module.parameters() if p.requires_grad]
+    seconds_old = seconds_per_save(checkpoint, workdir / "timed_old.ckpt")
+    seconds_now = seconds_per_save(torch.load(current, weights_only=True), workdir / "timed_current.ckpt")
     return {
         "experiment": experiment,
         "overrides": list(OVERRIDES),
@@ -63,6 +78,8 @@ def measure(experiment: str, workdir: Path) -> dict[str, Any]:
         "ratio": round(old.stat().st_size / current.stat().st_size, 1),
         "state_dict_keys_old_policy": len(checkpoint["state_dict"]),
         "state_dict_keys": len(torch.load(current, weights_only=True)["state_dict"]),
+        "seconds_per_save_old_policy": seconds_old,
+        "seconds_per_save": seconds_now,
     }
 
 
@@ -71,6 +88,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--experiment", action="append", help="experiment name (repeatable)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    from experiments.cli import go_offline
+
+    go_offline()  # before anything imports the hub libraries
     results = []
     for experiment in args.experiment or ["contrastive_tiny_smollm"]:
         with tempfile.TemporaryDirectory(prefix="lsr-ckpt-bytes-") as workdir:
