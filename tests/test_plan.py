@@ -29,6 +29,15 @@ def test_the_estimate_is_within_25_percent_of_the_measured_cpu_peak(experiment, 
     assert 0.75 <= result.ratio <= 1.25, (result.estimated, result.measured)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", ["dream_tiny", "llm2vec_gen_tiny", "rabtriever_tiny"])
+def test_the_estimate_is_within_25_percent_at_smollm2_size(experiment):
+    """The lab recipes at full SmolLM2-135M size (real weights' shapes, random values): measured here
+    1.093 (DREAM), 0.998 (LLM2Vec-Gen), 1.101 (Rabtriever); LLM-Embedder's 1.29 over-counts (not held)."""
+    result = compare(experiment, [])
+    assert 0.75 <= result.ratio <= 1.25, (result.estimated, result.measured)
+
+
 def test_chunked_candidates_trade_kept_activations_for_a_recomputed_chunk():
     plain = plan_recipe("dream_3b", 1, "ddp", ["debug=tiny", *NO_RECOMPUTE])["per_gpu_gib"]
     chunked = plan_recipe("dream_3b", 1, "ddp", ["debug=tiny", "model.encode_chunk_size=4"])["per_gpu_gib"]
