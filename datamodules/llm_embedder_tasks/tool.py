@@ -77,6 +77,7 @@ def tool_examples(
         for api in row["api_list"]:
             catalogue.setdefault(api_id(api["tool_name"], api["api_name"]), api_text(api))
     examples = []
+    catalogue_order = sorted(catalogue)  # sorted once; each query filters it (no per-query sort)
     for index, row in enumerate(rows):
         own = [api_id(a["tool_name"], a["api_name"]) for a in row["api_list"]]
         relevant = [api_id(t, a) for t, a in row["relevant APIs"]]
@@ -86,7 +87,8 @@ def tool_examples(
                 source, f"relevant API(s) {missing} are not in any api_list", field=f"[{index}].relevant APIs"
             )
         rng = random.Random(f"{seed}-{index}")
-        others = sorted(set(catalogue) - set(own))
+        own_set = set(own)
+        others = [a for a in catalogue_order if a not in own_set]
         rng.shuffle(others)
         negatives = [a for a in own if a not in relevant] + others
         chosen = list(dict.fromkeys(relevant + negatives))[: max(num_candidates, len(relevant) + 1)]
