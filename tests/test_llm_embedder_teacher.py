@@ -166,3 +166,31 @@ def test_step_lookups_tokenise_each_item_once_with_the_per_item_truncation(tiny_
     looked_up = scorer.lookup(QA_TEMPLATE, batch)
     assert calls["n"] == 0, "a lookup of scored items tokenised them again"
     assert looked_up.tolist() == [scores[2].item(), scores[0].item(), scores[2].item()]
+
+
+@pytest.mark.parametrize("reward", ["nll", "rank_aware"])
+def test_no_full_vocabulary_logits_are_copied_to_the_host(tiny_lm, monkeypatch, reward):
+    """Issue 15 (hot paths): the teacher reduces logits on the model's device; only per-token or per-item
+    values move to the host (``.cpu()`` of a tensor with the vocabulary as a dimension is refused here)."""
+    from lightning_modules.llm_embedder import rewards
+
+    vocabulary = tiny_lm.model.config.vocab_size
+    copied: list[tuple[int, ...]] = []
+    original = torch.Tensor.cpu
+
+    def watched(tensor, *args, **kwargs):
+        copied.append(tuple(tensor.shape))
+        return original(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "cpu", watched)
+    tokenizer = tiny_lm.tokenizer
+    prompt = tokenizer("question: what is the capital of france ? answer:")["input_ids"]
+    output = tokenizer(" paris", add_special_tokens=False)["input_ids"]
+    if reward == "nll":
+        scores = mean_output_log_likelihood(tiny_lm.model, [prompt] * 3, [output] * 3, pad_token_id=0)
+    else:
+        scores = rewards.sample_mean_log_likelihoods(
+            tiny_lm.model, prompt, num_samples=4, max_new_tokens=5, eos_token_id=None, pad_token_id=0
+        )
+    assert torch.isfinite(scores).all() and copied
+    assert all(vocabulary not in shape for shape in copied), copied

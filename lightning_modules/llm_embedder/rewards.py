@@ -116,9 +116,10 @@ def sample_mean_log_likelihoods(
             eos_token_id=eos_token_id,
             **({"synced_gpus": True} if synced_gpus else {}),
         )
-    tokens = generated.sequences[:, input_ids.shape[1] :].cpu()
-    logits = torch.stack(generated.logits, dim=1).float().cpu()  # [N, T, V], raw (before sampling warpers)
-    token_log_probs = -token_nll(logits, tokens)
+    tokens = generated.sequences[:, input_ids.shape[1] :]
+    logits = torch.stack(generated.logits, dim=1).float()  # [N, T, V], raw (before sampling warpers)
+    # reduced to [N, T] on the model's device: the full-vocabulary logits never go to the host
+    token_log_probs, tokens = (-token_nll(logits, tokens)).cpu(), tokens.cpu()
     keep = torch.ones_like(tokens, dtype=torch.bool)
     if eos_token_id is not None:
         is_eos = tokens == eos_token_id
