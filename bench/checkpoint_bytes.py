@@ -56,15 +56,14 @@ def measure(experiment: str, workdir: Path) -> dict[str, Any]:
     trainer.fit(module, datamodule=datamodule)
     current = workdir / "current.ckpt"
     trainer.save_checkpoint(current)
-    checkpoint = torch.load(current, weights_only=True)
-    checkpoint["state_dict"] = {
-        k: v for k, v in module.state_dict().items() if not k.startswith("frozen_lm.")
-    }
+    written = torch.load(current, weights_only=True)
+    old_state = {k: v for k, v in module.state_dict().items() if not k.startswith("frozen_lm.")}
+    checkpoint = {**written, "state_dict": old_state}  # the same checkpoint under the old policy
     old = workdir / "old_policy.ckpt"
     torch.save(checkpoint, old)
     trained = [p for p in module.parameters() if p.requires_grad]
     seconds_old = seconds_per_save(checkpoint, workdir / "timed_old.ckpt")
-    seconds_now = seconds_per_save(torch.load(current, weights_only=True), workdir / "timed_current.ckpt")
+    seconds_now = seconds_per_save(written, workdir / "timed_current.ckpt")
     return {
         "experiment": experiment,
         "overrides": list(OVERRIDES),
@@ -77,7 +76,7 @@ def measure(experiment: str, workdir: Path) -> dict[str, Any]:
         "checkpoint_bytes": current.stat().st_size,
         "ratio": round(old.stat().st_size / current.stat().st_size, 1),
         "state_dict_keys_old_policy": len(checkpoint["state_dict"]),
-        "state_dict_keys": len(torch.load(current, weights_only=True)["state_dict"]),
+        "state_dict_keys": len(written["state_dict"]),
         "seconds_per_save_old_policy": seconds_old,
         "seconds_per_save": seconds_now,
     }

@@ -20,10 +20,11 @@ import json
 import time
 import tracemalloc
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from datamodules.llm_embedder_tasks.chat import chat_examples, exchange_text, session_exchanges
+from datamodules.llm_embedder_tasks.chat import chat_examples
 from datamodules.llm_embedder_tasks.datamodule import TaskGroupDataset
 from datamodules.llm_embedder_tasks.task_example import TaskExample
 
@@ -35,24 +36,12 @@ DIALOGUE_LENGTHS = (50, 100, 250)  # exchanges per dialogue
 def copied_history_examples(
     dialogue_id: str, sessions: list[list[str]], min_history: int
 ) -> list[TaskExample]:
-    """The baseline: each turn's keys copied into new tuples (what ``chat_examples`` did before)."""
-    history: list[tuple[str, str]] = []
-    examples = []
-    for s, utterances in enumerate(sessions):
-        for t, (utterance, reply) in enumerate(session_exchanges(utterances)):
-            if s >= 1 and len(history) >= min_history:
-                examples.append(
-                    TaskExample(
-                        task="chat",
-                        query_id=f"{dialogue_id}-{s + 1}-{t}",
-                        query=utterance.strip(),
-                        answers=(reply.strip(),),
-                        candidates=tuple(text for _, text in history),
-                        candidate_ids=tuple(key for key, _ in history),
-                    )
-                )
-            history.append((f"{dialogue_id}-{s + 1}-{t}", exchange_text(utterance, reply)))
-    return examples
+    """The baseline: each turn's keys copied into new tuples (what ``chat_examples`` did before), i.e.
+    today's examples with their shared history slices materialised per turn."""
+    return [
+        replace(e, candidates=tuple(e.candidates), candidate_ids=tuple(e.candidate_ids))
+        for e in chat_examples(dialogue_id, sessions, min_history)
+    ]
 
 
 def synthetic_dialogues(turns: int, exchanges_per_dialogue: int) -> list[list[list[str]]]:

@@ -59,9 +59,7 @@ class RetrievalEvaluation(L.Callback):
         cache_encodings: bool = True,
         training_corpus_size: int | None = None,
     ):
-        if training_corpus_size is not None and training_corpus_size < 1:
-            raise ValueError(f"training_corpus_size must be >= 1 or null, got {training_corpus_size}")
-        index_dtype_of(index_dtype)  # an unknown dtype fails at construction, not at the first evaluation
+        self.check_arguments(index_dtype, training_corpus_size)  # fails at construction, not at an evaluation
         self.top_k = top_k
         self.cache_untrained = cache_untrained
         self.use_faiss = use_faiss
@@ -69,6 +67,7 @@ class RetrievalEvaluation(L.Callback):
         self.index_dtype = index_dtype
         self.cache_encodings = cache_encodings
         self.training_corpus_size = training_corpus_size
+        self._sub_corpus: tuple[tuple[int, str, tuple[str, ...]], RetrievalCorpus] | None = None
         self.history: list[dict[str, Any]] = []
 
     @classmethod
@@ -87,6 +86,13 @@ class RetrievalEvaluation(L.Callback):
             return False
         last = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else float("inf")
         return 0 < trainer.global_step < last
+
+    def sub_corpus(self, corpus: RetrievalCorpus, split: str, query_ids: list[str]) -> RetrievalCorpus:
+        """The fixed training-time sub-corpus, drawn once per (corpus, split, queries) and then reused."""
+        key = (id(corpus), split, tuple(query_ids))
+        if self._sub_corpus is None or self._sub_corpus[0] != key:
+            self._sub_corpus = (key, corpus.subsample(split, query_ids, self.training_corpus_size))
+        return self._sub_corpus[1]
 
     @property
     def last(self) -> dict[str, Any] | None:
@@ -129,8 +135,7 @@ class RetrievalEvaluation(L.Callback):
         qrels = {q.query_id: corpus.qrels[datamodule.eval_split][q.query_id] for q in queries}
         subsample = self.subsamples_at(trainer)
         if subsample:
-            ids = [q.query_id for q in queries]
-            corpus = corpus.subsample(datamodule.eval_split, ids, self.training_corpus_size)
+            corpus = self.sub_corpus(corpus, datamodule.eval_split, [q.query_id for q in queries])
         doc_ids = corpus.doc_ids
         start = time.perf_counter()
         show = self.show_progress and trainer.is_global_zero

@@ -343,8 +343,9 @@ def claim_verdicts(
     definitions = load_definitions(definitions_file)
     mapped = load_claims_map(claims_map, definitions)
     verdicts = [evaluate_claim(c, entry, mapped.get(c, {})) for c, entry in definitions.items()]
+    diagnoses = load_diagnoses(claims_map)
     for verdict in verdicts:
-        verdict.diagnosis = load_diagnoses(claims_map).get(verdict.claim, "")
+        verdict.diagnosis = diagnoses.get(verdict.claim, "")
     files = sorted({file.resolve() for roles in mapped.values() for file in roles.values()})
     return verdicts, files
 

@@ -73,9 +73,9 @@ def chunked_top_k(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact inner-product top-k of ``documents`` (any float dtype, e.g. a half-precision index) per query.
 
-    Each document chunk is cast to float32 once and scored against every block of ``query_block`` queries
-    in float32 (also under bf16 autocast: a bf16 matmul rounds cosines to 2⁻⁸, enough to reorder close
-    documents), so the scores are those of the float32 matmul over the stored values. Memory beyond the
+    Each block of ``query_block`` queries is scored against the documents a float32 chunk at a time
+    (``top_k_in_blocks``), in float32 also under bf16 autocast (a bf16 matmul rounds cosines to 2⁻⁸,
+    enough to reorder close documents), so the scores are those of the float32 matmul over the stored values. Memory beyond the
     inputs: one float32 chunk and a ``query_block × (document_chunk + k)`` block of scores. ``use_faiss``
     searches a faiss ``IndexFlatIP`` instead (exact, CPU; it holds a float32 copy of ``documents``, added
     a chunk at a time). Runs on the documents' device; returns ``[Q, min(k, N)]`` float32 scores and int64
@@ -89,20 +89,23 @@ def chunked_top_k(
     queries = queries.to(device, torch.float32)
     if use_faiss:
         return faiss_top_k(queries, documents, k, document_chunk)
-    scores = torch.full((queries.shape[0], 0), float("-inf"), device=device)
-    indices = torch.zeros((queries.shape[0], 0), dtype=torch.long, device=device)
+    blocks = []
     with torch.autocast(device_type=device.type, enabled=False):
-        for start in range(0, documents.shape[0], document_chunk):
-            chunk = documents[start : start + document_chunk].float()
-            chunk_scores, chunk_indices = [], []
-            for q in range(0, queries.shape[0], query_block):
-                top = (queries[q : q + query_block] @ chunk.T).topk(min(k, len(chunk)), dim=1)
-                chunk_scores.append(top.values)
-                chunk_indices.append(top.indices + start)
-            scores, indices = merge_top_k(
-                scores, indices, torch.cat(chunk_scores), torch.cat(chunk_indices), k
+        for q in range(0, queries.shape[0], query_block):
+            block = queries[q : q + query_block]
+            blocks.append(
+                top_k_in_blocks(
+                    lambda s, e, block=block: block @ documents[s:e].float().T,
+                    len(block),
+                    documents.shape[0],
+                    k,
+                    document_chunk,
+                )
             )
-    return scores, indices
+    if not blocks:
+        return torch.empty(0, k, device=device), torch.empty(0, k, dtype=torch.long, device=device)
+    # .to(device): an empty shard (no documents) gives CPU tensors; the ranks' all-gather needs them here
+    return torch.cat([s for s, _ in blocks]).to(device), torch.cat([i for _, i in blocks]).to(device)
 
 
 def faiss_top_k(

@@ -87,11 +87,7 @@ class LLM2VecGenModule(settings_arguments(LLM2VecGenSettings), RetrieverModule):
             rank_zero_info(f"[llm2vec-gen] debug=tiny: responses capped at {TINY_MAX_NEW_TOKENS} new tokens")
         tokenizer = self.frozen_lm.tokenizer
         self.prompt_builders = {
-            kind: PromptBuilder(
-                tokenizer,
-                settings.use_chat_template and settings.student_prompt == "chat",
-                settings.max_text_tokens(kind),
-            )
+            kind: PromptBuilder(tokenizer, settings.student_chat_template, settings.max_text_tokens(kind))
             for kind in ("query", "document")
         }
         self.eos_id = end_of_response_ids(tokenizer, self.frozen_lm.model)[0]

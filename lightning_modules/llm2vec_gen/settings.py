@@ -84,6 +84,11 @@ class LLM2VecGenSettings(Settings):
     def pooled_tokens(self) -> int:
         return self.num_pooled_tokens or self.num_special_tokens
 
+    @property
+    def student_chat_template(self) -> bool:
+        """Whether an embedded text is wrapped in the chat template (``student_prompt: chat``)."""
+        return self.use_chat_template and self.student_prompt == "chat"
+
     def instruction(self, kind: str) -> str:
         """The instruction before an embedded text (none for ``student_prompt: raw``)."""
         if self.student_prompt == "raw":

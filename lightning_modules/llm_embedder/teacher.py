@@ -139,11 +139,19 @@ class TeacherScorer:
     # ---- scoring ------------------------------------------------------------------------------------------
     def keys(self, template: str, items: Sequence[ScoringItem]) -> list[str]:
         """The cache key of each item; an item is tokenised once per process (its key is remembered)."""
+        self._remember_keys(template, items)
+        known = self._item_keys[template]
+        return [known[item] for item in items]
+
+    def _remember_keys(
+        self, template: str, items: Sequence[ScoringItem]
+    ) -> dict[ScoringItem, tuple[str, str]]:
+        """Remember the keys of the items not seen before; return their (prompt, output) pairs."""
         known = self._item_keys.setdefault(template, {})
         new = [item for item in dict.fromkeys(items) if item not in known]
-        if new:
-            known.update((item, item_key(*pair)) for item, pair in zip(new, self.prompts(template, new)))
-        return [known[item] for item in items]
+        pairs = dict(zip(new, self.prompts(template, new))) if new else {}
+        known.update((item, item_key(*pair)) for item, pair in pairs.items())
+        return pairs
 
     def score(
         self, template: str, items: Sequence[ScoringItem], rank: int = 0, world_size: int = 1
@@ -157,12 +165,14 @@ class TeacherScorer:
         start = time.perf_counter()
         cache = self.cache(template)
         cache.refresh()
-        keys = self.keys(template, items)
+        pairs = self._remember_keys(template, items)  # prompts of the items new to this process
+        known = self._item_keys[template]
+        keys = [known[item] for item in items]
         gaps = dict.fromkeys(cache.missing(keys))
         unscored = list(dict.fromkeys(item for item, key in zip(items, keys) if key in gaps))
-        missing = dict(
-            zip((self._item_keys[template][i] for i in unscored), self.prompts(template, unscored))
-        )
+        again = [item for item in unscored if item not in pairs]  # seen before, yet not in the cache
+        pairs.update(zip(again, self.prompts(template, again)) if again else ())
+        missing = {known[item]: pairs[item] for item in unscored}
         if world_size > 1:
             missing = {k: v for part in all_gather_objects(missing) for k, v in part.items()}
         mine, real = padded_share(list(missing), rank, world_size) if missing else ([], 0)
